@@ -1,0 +1,115 @@
+"""The contract every attention variant implements, and helpers the models use to build them.
+
+An attention plugin is an ``nn.Module`` subclass of :class:`Attention`. It owns its
+projections, takes ``d_model``, ``n_heads``, ``dropout`` and its own pydantic ``Options``,
+and declares what it can do through class-level capability flags. Callers read the flags
+instead of special-casing names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+from .errors import BadInputError
+
+
+class NoOptions(BaseModel):
+    """Options model for variants that take none (unknown keys are rejected)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Attention(nn.Module):
+    """Base class of attention variants.
+
+    ``forward(x, context=None, *, key_padding_mask=None, causal=False, need_weights=False)``
+
+    - ``x``: queries, float tensor ``(batch, q_len, d_model)``.
+    - ``context``: keys/values source ``(batch, k_len, d_model)`` for cross-attention;
+      ``None`` means self-attention over ``x``.
+    - ``key_padding_mask``: bool ``(batch, k_len)``, ``True`` marks padding keys to ignore.
+    - ``causal``: position i may attend only to positions <= i (self-attention only).
+    - ``need_weights``: also return the attention map.
+
+    Returns ``(output, weights)``: output ``(batch, q_len, d_model)``; weights
+    ``(batch, n_heads, q_len, k_len)`` when requested and ``returns_weights`` is set,
+    else ``None``.
+    """
+
+    supports_causal: ClassVar[bool] = False
+    supports_cross: ClassVar[bool] = False
+    supports_padding_mask: ClassVar[bool] = False
+    returns_weights: ClassVar[bool] = False
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, options: BaseModel | None = None):
+        super().__init__()
+        if d_model % n_heads:
+            raise BadInputError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.dropout = dropout
+        self.options = options if options is not None else self.Options()
+
+    @classmethod
+    def parse_options(cls, raw: dict | None, where: str = "attention_options") -> BaseModel:
+        """Validate a variant's options, turning pydantic errors into a readable BadInputError."""
+        try:
+            return cls.Options.model_validate(raw or {})
+        except ValidationError as exc:
+            raise BadInputError(format_validation_error(exc, prefix=where)) from None
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, n_heads={self.n_heads}, options={self.options!r}"
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """One line per problem: ``field.path: message (got value)``."""
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        got = err.get("input")
+        lines.append(f"{path}: {msg}" + (f" (got {got!r})" if err["type"] != "extra_forbidden" and not isinstance(got, dict) else ""))
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def capture_attention_maps(model: nn.Module):
+    """Record the attention map of every :class:`Attention` inside ``model`` during forward.
+
+    Yields a list that fills with ``(module_name, weights)`` in call order. Variants whose
+    ``returns_weights`` is False are skipped. Works without the model's cooperation by
+    forcing ``need_weights=True`` through a forward pre-hook.
+    """
+    maps: list[tuple[str, torch.Tensor]] = []
+    handles = []
+    for name, module in model.named_modules():
+        if not isinstance(module, Attention) or not module.returns_weights:
+            continue
+
+        def pre(mod, args, kwargs):
+            kwargs = dict(kwargs)
+            kwargs["need_weights"] = True
+            return args, kwargs
+
+        def post(mod, args, kwargs, output, _name=name):
+            weights = output[1] if isinstance(output, tuple) else None
+            if weights is not None:
+                maps.append((_name, weights.detach().float().cpu()))
+
+        handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(module.register_forward_hook(post, with_kwargs=True))
+    try:
+        yield maps
+    finally:
+        for h in handles:
+            h.remove()

@@ -1,0 +1,1 @@
+"""Built-in attnbench plugins, registered through the ``attnbench`` entry-point group."""

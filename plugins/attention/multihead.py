@@ -1,0 +1,89 @@
+"""Multi-head attention: h heads with their own Q/K/V projections, concatenated and projected.
+
+The dense path is ``torch.nn.functional.scaled_dot_product_attention`` so CUDA picks its
+fused flash / memory-efficient kernels. Weights are materialised only when asked for.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnbench import Attention, hookimpl
+
+
+def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(B, L, H*D) -> (B, H, L, D)"""
+    b, l, _ = x.shape
+    return x.view(b, l, n_heads, -1).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, L, D) -> (B, L, H*D)"""
+    b, h, l, d = x.shape
+    return x.transpose(1, 2).reshape(b, l, h * d)
+
+
+def build_additive_mask(key_padding_mask, causal, q_len, k_len, device, dtype):
+    """Bool mask (True = may attend) broadcastable to (B, H, Lq, Lk), or None when unmasked."""
+    mask = None
+    if key_padding_mask is not None:
+        mask = (~key_padding_mask)[:, None, None, :]
+    if causal:
+        tri = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
+        mask = tri if mask is None else mask & tri
+    return mask
+
+
+def dense_attention(q, k, v, *, key_padding_mask=None, causal=False, dropout_p=0.0, need_weights=False):
+    """Scaled dot-product attention on (B, H, L, D) tensors; returns (out, weights or None).
+
+    Without weights this is one SDPA call. With weights we compute the softmax explicitly
+    (SDPA does not return it) and apply the same dropout to what is returned and used.
+    """
+    mask = build_additive_mask(key_padding_mask, causal, q.shape[-2], k.shape[-2], q.device, q.dtype)
+    if not need_weights:
+        if mask is not None and causal and key_padding_mask is None:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True), None
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p), None
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores.float(), dim=-1).nan_to_num(0.0).to(q.dtype)
+    dropped = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
+    return dropped @ v, weights
+
+
+class MultiHeadAttention(Attention):
+    """Standard multi-head attention (Vaswani et al. 2017) over SDPA."""
+
+    supports_causal = True
+    supports_cross = True
+    supports_padding_mask = True
+    returns_weights = True
+
+    def __init__(self, d_model, n_heads, dropout=0.0, options=None):
+        super().__init__(d_model, n_heads, dropout, options)
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x, context=None, *, key_padding_mask=None, causal=False, need_weights=False):
+        kv = x if context is None else context
+        q = split_heads(self.q_proj(x), self.n_heads)
+        k = split_heads(self.k_proj(kv), self.n_heads)
+        v = split_heads(self.v_proj(kv), self.n_heads)
+        out, weights = dense_attention(
+            q, k, v, key_padding_mask=key_padding_mask, causal=causal,
+            dropout_p=self.dropout if self.training else 0.0, need_weights=need_weights,
+        )
+        return self.out_proj(merge_heads(out)), weights
+
+
+@hookimpl
+def register_attention(register):
+    register("multihead", MultiHeadAttention)
