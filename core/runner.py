@@ -1,0 +1,280 @@
+"""Run a grid: one MLflow parent run per invocation, one nested child run per pairing.
+
+A pairing that raises (or whose loss is not finite) ends as a FAILED child run with its
+traceback as an artifact, and the grid goes on. Pairings whose ``attnbench.run_key``
+already FINISHED in the experiment are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .config import ExperimentFile, RunSpec
+from .plugin_host import PluginHost
+from .tasks import Task
+from .tracking import check_artifact_root_writable, check_writable, get_or_create_experiment
+from .training import NonFiniteLossError, count_parameters, fit, planned_steps, select_device, seed_everything
+
+TAG = "attnbench."
+
+
+@dataclass
+class PairingOutcome:
+    spec: RunSpec
+    status: str  # FINISHED | FAILED | KILLED | SKIPPED
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+
+class MetricBuffer:
+    """Batches metric writes (one DB transaction per flush instead of one per value)."""
+
+    def __init__(self, client: MlflowClient, run_id: str, size: int = 200):
+        self.client, self.run_id, self.size = client, run_id, size
+        self.pending: list[Metric] = []
+        self.latest: dict[str, float] = {}
+
+    def log(self, key: str, value: float, step: int) -> None:
+        self.pending.append(Metric(key, float(value), int(time.time() * 1000), int(step)))
+        self.latest[key] = float(value)
+        if len(self.pending) >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        while self.pending:  # log_batch takes at most 1000 metrics a call
+            chunk, self.pending = self.pending[:1000], self.pending[1000:]
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+
+class GridRunner:
+    """Trains every pairing of a grid and records it in MLflow."""
+
+    def __init__(self, experiment: ExperimentFile, specs: list[RunSpec], *, host: PluginHost,
+                 tracking_uri: str, artifact_root_uri: str, grid_text: str, grid_source: str,
+                 overrides: list[str] | tuple[str, ...] = (), console: Console | None = None,
+                 cache_dir: Path | None = None, device: str | None = None):
+        self.experiment = experiment
+        self.specs = specs
+        self.host = host
+        self.tracking_uri = tracking_uri
+        self.artifact_root_uri = artifact_root_uri
+        self.grid_text = grid_text
+        self.grid_source = grid_source
+        self.overrides = list(overrides)
+        self.console = console or Console()
+        self.cache_dir = Path(cache_dir or os.environ.get("ATTNBENCH_CACHE", ".attnbench_cache"))
+        self.device_override = device
+        self._tasks: dict[str, Task | BaseException] = {}
+
+    # ------------------------------------------------------------------ public
+
+    def run(self) -> list[PairingOutcome]:
+        check_writable(self.tracking_uri)
+        check_artifact_root_writable(self.artifact_root_uri)
+        client = MlflowClient(self.tracking_uri)
+        self.client = client
+        self.experiment_id = get_or_create_experiment(client, self.experiment.name, self.artifact_root_uri)
+        finished = self._finished_runs()
+        parent = client.create_run(self.experiment_id, run_name=f"{self.experiment.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                                   tags={f"{TAG}role": "parent", f"{TAG}grid": self.experiment.name,
+                                         "mlflow.note.content": f"Grid file `{self.grid_source}`:\n\n```yaml\n{self.grid_text}\n```"})
+        self.parent_id = parent.info.run_id
+        client.log_batch(self.parent_id, params=[Param("grid.file", self.grid_source),
+                                                 Param("grid.overrides", json.dumps(self.overrides)),
+                                                 Param("grid.runs", str(len(self.specs)))])
+        client.log_text(self.parent_id, self.grid_text, "grid.yaml")
+        outcomes: list[PairingOutcome] = []
+        current: dict = {}
+        try:
+            with self._progress() as progress:
+                grid_bar = progress.add_task("grid", total=len(self.specs), info="")
+                for spec in self.specs:
+                    if spec.run_key in finished:
+                        run = finished[spec.run_key]
+                        self.console.print(f"[dim]skip {spec.run_name}: run_key {spec.run_key} already FINISHED (run {run.info.run_id[:8]})[/dim]")
+                        outcomes.append(PairingOutcome(spec, "SKIPPED", run.info.run_id, dict(run.data.metrics)))
+                    else:
+                        outcomes.append(self._run_pairing(spec, progress, current))
+                        current.clear()
+                    progress.advance(grid_bar)
+        except KeyboardInterrupt:
+            if current.get("run_id"):
+                current["buffer"].flush()
+                client.set_terminated(current["run_id"], "KILLED")
+                outcomes.append(PairingOutcome(current["spec"], "KILLED", current["run_id"]))
+            client.set_terminated(self.parent_id, "KILLED")
+            raise
+        failed = [o for o in outcomes if o.status == "FAILED"]
+        self._summarize_to_parent()
+        client.set_terminated(self.parent_id, "FAILED" if failed else "FINISHED")
+        return outcomes
+
+    # ------------------------------------------------------------------ internals
+
+    def _progress(self) -> Progress:
+        # One bar for the grid, one for the current run's steps (added per pairing).
+        return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=self.console)
+
+    def _finished_runs(self) -> dict:
+        """run_key -> the FINISHED child run, from one query over the experiment."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{TAG}role` = 'child' and attributes.status = 'FINISHED'",
+            max_results=50000,
+        )
+        return {r.data.tags.get(f"{TAG}run_key"): r for r in runs}
+
+    def _task_for(self, spec: RunSpec) -> Task:
+        """One prepared task per (name, options) per grid, shared by all its models and seeds."""
+        key = spec.task + json.dumps(spec.task_options.model_dump(mode="json"), sort_keys=True)
+        if key not in self._tasks:
+            task_cls = self.host.task.get(spec.task).factory
+            try:
+                task = task_cls(spec.task_options, cache_dir=self.cache_dir)
+                task.prepare()
+                self._tasks[key] = task
+            except Exception as exc:  # remembered, so the task's other pairings fail the same way fast
+                self._tasks[key] = exc
+        found = self._tasks[key]
+        if isinstance(found, BaseException):
+            raise found
+        return found
+
+    def _run_pairing(self, spec: RunSpec, progress: Progress, current: dict) -> PairingOutcome:
+        client = self.client
+        task_cls = self.host.task.get(spec.task).factory
+        family_cls = self.host.model.get(spec.family).factory
+        family = family_cls(spec.family_options)
+        tags = {
+            f"{TAG}role": "child", f"{TAG}grid": spec.grid_name, f"{TAG}task": spec.task,
+            f"{TAG}kind": task_cls.kind, f"{TAG}family": spec.family, f"{TAG}model": spec.model_label,
+            f"{TAG}seed": str(spec.seed), f"{TAG}run_key": spec.run_key,
+            f"{TAG}primary_metric": task_cls.primary_metric,
+            f"{TAG}greater_is_better": str(task_cls.greater_is_better).lower(),
+            f"{TAG}attention": "none", "mlflow.parentRunId": self.parent_id,
+        } | family.tags()
+        run = client.create_run(self.experiment_id, run_name=spec.run_name, tags=tags)
+        run_id = run.info.run_id
+        buffer = MetricBuffer(client, run_id)
+        current.update(run_id=run_id, spec=spec, buffer=buffer)
+        step_bar = progress.add_task(spec.run_name, total=None, info="preparing data")
+        started = time.perf_counter()
+        try:
+            client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in spec.params().items()])
+            task = self._task_for(spec)
+            io = task.prepare()
+            seed_everything(spec.seed)  # model initialisation depends on the seed only
+            model = family.build(io, spec.dims, self.host)
+            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in family.tags().items()])
+            device = select_device(self.device_override or spec.train.device)
+            buffer.log("perf/params", count_parameters(model), 0)
+            progress.update(step_bar, total=planned_steps(task, spec.train), info="")
+            result = fit(
+                task, model, spec.train, seed=spec.seed, device=device, log_metric=buffer.log,
+                on_step=lambda step, loss: progress.update(step_bar, completed=step, info=f"loss {loss:.3f}"),
+                on_phase=lambda phase: progress.update(step_bar, info=phase),
+            )
+            wall = time.perf_counter() - started
+            buffer.log("perf/train_tokens_per_s", result.train_tokens / max(result.train_seconds, 1e-9), result.steps)
+            buffer.log("perf/wall_s", wall, result.steps)
+            buffer.log("perf/train_s", result.train_seconds, result.steps)
+            buffer.log("perf/peak_mem_mib", result.peak_mem_mib, result.steps)
+            buffer.log("perf/steps", result.steps, result.steps)
+            buffer.flush()
+            self._log_evaluation(run_id, result.test)
+            self._log_pictures(run_id, task, model, result)
+            if spec.train.save_checkpoint:
+                self._log_checkpoint(run_id, model)
+            client.log_batch(run_id, tags=[RunTag(f"{TAG}device", device.type)])
+            client.set_terminated(run_id, "FINISHED")
+            return PairingOutcome(spec, "FINISHED", run_id, dict(buffer.latest))
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            buffer.flush()
+            client.log_text(run_id, traceback.format_exc(), "traceback.txt")
+            message = str(exc) if isinstance(exc, NonFiniteLossError) else f"{type(exc).__name__}: {exc}"
+            client.set_tag(run_id, f"{TAG}error", message[:5000])
+            client.set_terminated(run_id, "FAILED")
+            self.console.print(f"[red]FAILED {spec.run_name}: {message}[/red]")
+            return PairingOutcome(spec, "FAILED", run_id, dict(buffer.latest), message)
+        finally:
+            progress.remove_task(step_bar)
+
+    def _log_evaluation(self, run_id: str, evaluation) -> None:
+        if evaluation is None:
+            return
+        if evaluation.predictions:
+            lines = "\n".join(json.dumps(p, ensure_ascii=False, default=str) for p in evaluation.predictions)
+            self.client.log_text(run_id, lines + "\n", "predictions.jsonl")
+        for name, content in evaluation.artifacts.items():
+            if isinstance(content, bytes):
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = Path(tmp) / name
+                    path.write_bytes(content)
+                    self.client.log_artifact(run_id, str(path))
+            else:
+                self.client.log_text(run_id, content, name)
+        if evaluation.tags:
+            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in evaluation.tags.items()])
+
+    def _log_pictures(self, run_id: str, task: Task, model: torch.nn.Module, result) -> None:
+        """Training curves and attention maps; a picture that fails never fails the run."""
+        try:
+            from . import plots
+        except ImportError:
+            return
+        try:
+            plots.log_run_pictures(self.client, run_id, task, model, result)
+        except Exception as exc:
+            self.console.print(f"[yellow]warning: pictures for run {run_id[:8]} failed: {type(exc).__name__}: {exc}[/yellow]")
+
+    def _log_checkpoint(self, run_id: str, model: torch.nn.Module) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.pt"
+            torch.save(model.state_dict(), path)
+            self.client.log_artifact(run_id, str(path), "checkpoint")
+
+    def _summarize_to_parent(self) -> None:
+        try:
+            from .compare import summarize_grid_to_parent
+        except ImportError:
+            return
+        try:
+            summarize_grid_to_parent(self.client, self.experiment_id, self.parent_id)
+        except Exception as exc:
+            self.console.print(f"[yellow]warning: grid summary on the parent run failed: {type(exc).__name__}: {exc}[/yellow]")
+
+
+def summary_table(outcomes: list[PairingOutcome], host: PluginHost) -> Table:
+    """task x model: primary test metric, parameters, training tokens/s, wall time, status."""
+    table = Table(title="attnbench results", show_lines=False)
+    for col, justify in (("task", "left"), ("model", "left"), ("seed", "right"), ("metric", "left"),
+                         ("test", "right"), ("params", "right"), ("train tok/s", "right"),
+                         ("wall s", "right"), ("status", "left")):
+        table.add_column(col, justify=justify)
+    for o in outcomes:
+        primary = host.task.get(o.spec.task).factory.primary_metric
+        m = o.metrics
+        fmt = lambda key, spec: format(m[key], spec) if key in m else "-"
+        status = {"FINISHED": "[green]ok[/green]", "SKIPPED": "[dim]skipped (done)[/dim]",
+                  "FAILED": "[red]FAILED[/red]", "KILLED": "[yellow]KILLED[/yellow]"}[o.status]
+        table.add_row(o.spec.task, o.spec.model_label, str(o.spec.seed), primary, fmt(f"test/{primary}", ".2f"),
+                      fmt("perf/params", ",.0f"), fmt("perf/train_tokens_per_s", ",.0f"), fmt("perf/wall_s", ".1f"), status)
+    return table
