@@ -34,7 +34,7 @@ def user_errors():
     try:
         yield
     except AttnbenchError as exc:
-        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
 
 
@@ -127,16 +127,16 @@ def plugins(
             return
         for kind, title in (("attention", "attention variants"), ("model", "model families"), ("task", "tasks")):
             table = Table(title=title, title_justify="left")
-            table.add_column("name", style="bold")
-            table.add_column("registered by")
-            table.add_column("details")
+            table.add_column("name", style="bold", overflow="fold")
+            table.add_column("registered by", overflow="fold")
+            table.add_column("details", overflow="fold")
             for reg in sorted(host.registry(kind), key=lambda r: r.name):
                 table.add_row(reg.name, reg.plugin, _details(kind, reg.factory))
             console.print(table)
         if host.failures:
             table = Table(title="plugins that failed to load", title_justify="left", style="red")
             for col in ("plugin", "stage", "error"):
-                table.add_column(col)
+                table.add_column(col, overflow="fold")
             for f in host.failures:
                 table.add_row(f.plugin, f.stage, f.error)
             console.print(table)

@@ -79,12 +79,15 @@ def check_writable(uri: str) -> None:
         local = Path(urlparse(uri).path)
     if local is None:
         return
-    target = local if local.exists() else local.parent
+    # The nearest existing ancestor must be a writable directory (or the file itself writable).
+    target = local
     while not target.exists() and target != target.parent:
         target = target.parent
-    if not os.access(target, os.W_OK):
+    blocked = (target != local and not target.is_dir()) or not os.access(target, os.W_OK)
+    if blocked:
+        reason = f"{target} is not a directory" if not target.is_dir() and target != local else f"{target} denies writing"
         raise BadInputError(
-            f"tracking location {uri} is not writable ({target} denies writing); "
+            f"tracking location {uri} is not writable ({reason}); "
             "choose another with --tracking-uri, $MLFLOW_TRACKING_URI or tracking_uri in mlflow.yaml"
         )
 

@@ -1,0 +1,65 @@
+"""Shared fixtures: an isolated MLflow store per test and helpers to fake plugin distributions."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from attnbench import plugin_host
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plugins():
+    """Discovery results are cached per process; every test starts from a clean discovery."""
+    plugin_host.reset_cache()
+    yield
+    plugin_host.reset_cache()
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """Run in an empty folder with its own SQLite store and cache, like a fresh user checkout."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("ATTNBENCH_PLUGINS", raising=False)
+    monkeypatch.setenv("ATTNBENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+@pytest.fixture
+def tracking_uri(workdir):
+    return f"sqlite:///{workdir / 'mlflow.db'}"
+
+
+@pytest.fixture
+def plugin_dist(tmp_path, monkeypatch):
+    """Install a throwaway plugin distribution (module + dist-info with entry points) on sys.path.
+
+    ``plugin_dist("my-dist", {"my_mod": "source"}, {"ep_name": "my_mod"})`` makes
+    ``importlib.metadata`` see a real ``attnbench`` entry point, the path pip-installed
+    third-party plugins take."""
+    root = tmp_path / "site"
+    root.mkdir(exist_ok=True)
+    monkeypatch.syspath_prepend(str(root))
+
+    def make(dist_name: str, modules: dict[str, str], entry_points: dict[str, str]) -> Path:
+        for module, source in modules.items():
+            (root / f"{module}.py").write_text(textwrap.dedent(source))
+        info = root / f"{dist_name.replace('-', '_')}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: 0.1\n")
+        eps = "\n".join(f"{name} = {target}" for name, target in entry_points.items())
+        (info / "entry_points.txt").write_text(f"[attnbench]\n{eps}\n")
+        return root
+
+    return make
+
+
+def write_grid(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path

@@ -1,0 +1,130 @@
+"""Plugin discovery: built-ins via entry points, third-party distributions, --plugin, the
+ATTNBENCH_PLUGINS allow-list, and broken plugins reported without breaking the rest."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from attnbench.cli import app
+from attnbench.errors import BadInputError
+from attnbench.plugin_host import discover
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "attnbench-example-plugin"
+
+
+def example_plugin_source() -> str:
+    return (EXAMPLE / "attnbench_example_plugin.py").read_text()
+
+
+def test_builtins_register_through_the_entry_point_group():
+    host = discover()
+    for name in ("multihead",):
+        assert host.attention.get(name).plugin == f"attnbench (attnbench.plugins.attention.{name})"
+    assert {"transformer", "rnn"} <= set(host.model.names())
+    assert not [f for f in host.failures if f.plugin.startswith("attnbench (")], host.failures
+
+
+def test_example_distribution_is_discovered_by_its_entry_point(plugin_dist):
+    plugin_dist("attnbench-example-plugin", {"attnbench_example_plugin": example_plugin_source()},
+                {"linear": "attnbench_example_plugin"})
+    host = discover()
+    reg = host.attention.get("linear")
+    assert reg.plugin == "attnbench-example-plugin (attnbench_example_plugin)"
+    assert reg.factory.__name__ == "LinearAttention"
+
+
+def test_allow_list_limits_third_party_plugins_but_keeps_builtins(plugin_dist, monkeypatch):
+    plugin_dist("attnbench-example-plugin", {"attnbench_example_plugin": example_plugin_source()},
+                {"linear": "attnbench_example_plugin"})
+    monkeypatch.setenv("ATTNBENCH_PLUGINS", "")
+    host = discover()
+    assert "linear" not in host.attention and "multihead" in host.attention
+    monkeypatch.setenv("ATTNBENCH_PLUGINS", "some-other, attnbench-example-plugin")
+    assert "linear" in discover().attention
+
+
+def test_plugin_module_flag_loads_a_module_by_path():
+    host = discover(["attnbench_test_plugins"])
+    assert host.task.get("toy").plugin == "--plugin (attnbench_test_plugins)"
+
+
+def test_plugin_that_fails_to_import_is_reported_and_the_rest_work(plugin_dist):
+    plugin_dist("broken-dist", {"broken_mod": "raise RuntimeError('kaboom at import')\n"}, {"broken": "broken_mod"})
+    host = discover()
+    failure = next(f for f in host.failures if f.plugin.startswith("broken-dist"))
+    assert failure.stage == "import" and "kaboom at import" in failure.error
+    assert "multihead" in host.attention
+
+
+def test_plugin_whose_hook_raises_is_reported(plugin_dist):
+    source = """
+        from attnbench import hookimpl
+        @hookimpl
+        def register_tasks(register):
+            raise ValueError('hook exploded')
+    """
+    plugin_dist("hook-dist", {"hook_mod": source}, {"hook": "hook_mod"})
+    host = discover()
+    failure = next(f for f in host.failures if f.plugin.startswith("hook-dist"))
+    assert failure.stage == "register_tasks" and "hook exploded" in failure.error
+
+
+def test_duplicate_name_is_rejected_naming_both_plugins(plugin_dist):
+    source = """
+        from attnbench import hookimpl
+        from attnbench.plugins.attention.multihead import MultiHeadAttention
+        @hookimpl
+        def register_attention(register):
+            register("multihead", MultiHeadAttention)
+    """
+    plugin_dist("dup-dist", {"dup_mod": source}, {"dup": "dup_mod"})
+    host = discover()
+    failure = next(f for f in host.failures if f.plugin.startswith("dup-dist"))
+    assert "duplicate attention name 'multihead'" in failure.error
+    assert "attnbench (attnbench.plugins.attention.multihead)" in failure.error
+    assert "dup-dist (dup_mod)" in failure.error
+    assert host.attention.get("multihead").plugin.startswith("attnbench (")
+
+
+def test_wrong_base_class_is_rejected(plugin_dist):
+    source = """
+        from attnbench import hookimpl
+        @hookimpl
+        def register_attention(register):
+            register("notamodule", dict)
+    """
+    plugin_dist("bad-base", {"bad_base": source}, {"bad": "bad_base"})
+    host = discover()
+    assert "must be a subclass of attnbench.attention.Attention" in next(
+        f for f in host.failures if f.plugin.startswith("bad-base")).error
+    assert "notamodule" not in host.attention
+
+
+def test_unknown_name_suggests_the_closest():
+    host = discover()
+    with pytest.raises(BadInputError, match="did you mean 'multihead'"):
+        host.attention.get("mutlihead")
+
+
+def test_cli_plugins_lists_everything_and_failures_as_json(plugin_dist):
+    plugin_dist("broken-dist", {"broken_mod": "import no_such_module_xyz\n"}, {"broken": "broken_mod"})
+    result = CliRunner().invoke(app, ["plugins", "--json", "--plugin", "attnbench_test_plugins"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert "multihead" in [a["name"] for a in data["attention"]]
+    assert {"name": "toy", "plugin": "--plugin (attnbench_test_plugins)",
+            "factory": "attnbench_test_plugins.ToyTask"} in data["task"]
+    assert any("no_such_module_xyz" in f["error"] for f in data["failed"])
+
+
+def test_cli_plugins_table_shows_plugin_and_failures(plugin_dist, monkeypatch):
+    from attnbench import cli
+
+    monkeypatch.setattr(cli.console, "_width", 200)  # a wide terminal: no folded cells
+    plugin_dist("broken-dist", {"broken_mod": "raise ImportError('missing dep')\n"}, {"broken": "broken_mod"})
+    result = CliRunner().invoke(app, ["plugins"])
+    assert result.exit_code == 0
+    assert "attnbench (attnbench.plugins.attention.multihead)" in result.output
+    assert "plugins that failed to load" in result.output and "missing dep" in result.output
