@@ -153,6 +153,7 @@ def read_yaml(path: Path) -> dict:
 
 
 _INDEX = re.compile(r"^\d+$")
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 def apply_override(data: dict, assignment: str) -> None:
@@ -167,6 +168,8 @@ def apply_override(data: dict, assignment: str) -> None:
         value = yaml.safe_load(raw_value) if raw_value.strip() else ""
     except yaml.YAMLError:
         value = raw_value
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        value = float(value)  # YAML 1.1 reads "3e-4" as a string
     node: Any = data
     for depth, key in enumerate(keys[:-1]):
         here = ".".join(keys[: depth + 1])
