@@ -1,0 +1,212 @@
+"""Render a :class:`~attnbench.compare.Comparison` as a rich table, markdown, CSV or JSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from .compare import Comparison, ModelRow, Stat, TaskSummary
+from .errors import BadInputError
+from .significance import ALPHA
+
+FORMATS = ("table", "markdown", "csv", "json")
+PERF_HEADERS = {"params": "params", "tokens_per_s": "train tok/s", "wall_s": "wall s"}
+WIDE_CONSOLE = 200  # when output is piped, rich would otherwise wrap at 80 columns
+
+
+def decimals(x: float) -> int:
+    """Digits after the point that suit a value's size (BLEU 27.35, accuracy 0.8523)."""
+    return 2 if abs(x) >= 1 else 4
+
+
+def stat_cell(stat: Stat | None, row_n: int | None = None) -> str:
+    """``mean ± std``, std in the mean's precision; ``(n=k)`` only when k differs from the row's n."""
+    if stat is None:
+        return "—"
+    d = decimals(stat.mean)
+    spread = f" ± {stat.std:.{d}f}" if stat.std is not None else ""
+    count = "" if stat.n == row_n else f" (n={stat.n})"
+    return f"{stat.mean:.{d}f}{spread}{count}"
+
+
+def perf_cell(name: str, stat: Stat | None) -> str:
+    if stat is None:
+        return "—"
+    return f"{stat.mean:.1f}" if name == "wall_s" else f"{stat.mean:,.0f}"
+
+
+def delta_cell(row: ModelRow, primary: str) -> str:
+    if row.is_baseline:
+        return "baseline"
+    if row.delta is None:
+        return "—"
+    stat = row.metrics.get(primary)
+    return f"{row.delta:+.{decimals(stat.mean) if stat else 4}f}"
+
+
+def p_cell(row: ModelRow) -> str:
+    if row.is_baseline:
+        return ""
+    if row.p_value is None:
+        return "n/a"
+    return f"{row.p_value:.3f}" + (" *" if row.significant else "")
+
+
+def task_title(task: TaskSummary) -> str:
+    arrow = "higher is better" if task.greater_is_better else "lower is better"
+    base = task.baseline or "none"
+    return f"{task.task} ({task.kind}; primary {task.primary_metric}, {arrow}; baseline {base})"
+
+
+def task_header(task: TaskSummary, compact: bool = False) -> list[str]:
+    """Column names; ``compact`` drops family and attention (the model label carries them)."""
+    base = task.baseline or "baseline"
+    if compact:  # the title says these are test metrics and names the baseline
+        return (["model", "n"] + [m.removeprefix("test/") for m in task.metric_names()]
+                + list(PERF_HEADERS.values()) + ["Δ", "p"])
+    return (["model", "family", "attention", "n"] + task.metric_names() + list(PERF_HEADERS.values())
+            + [f"Δ {task.primary_metric} vs {base}", "p"])
+
+
+def task_cells(task: TaskSummary, row: ModelRow, compact: bool = False) -> list[str]:
+    ids = [row.model, str(row.n)] if compact else [row.model, row.family, row.attention, str(row.n)]
+    return (ids
+            + [stat_cell(row.metrics.get(m), row.n) for m in task.metric_names()]
+            + [perf_cell(k, row.perf.get(k)) for k in PERF_HEADERS]
+            + [delta_cell(row, f"test/{task.primary_metric}"), p_cell(row)])
+
+
+def missing_p_notes(task: TaskSummary) -> list[str]:
+    """Why some rows of a task have no p-value (one line per distinct reason)."""
+    notes = {}
+    for row in task.rows:
+        if not row.is_baseline and row.p_value is None and row.significance_note:
+            notes.setdefault(row.significance_note, []).append(row.model)
+    return [f"p n/a for {', '.join(models)}: {note}" for note, models in notes.items()]
+
+
+def footnote(comparison: Comparison) -> str:
+    methods = sorted({t.significance_method for t in comparison.tasks})
+    text = (f"mean ± sample std over the n seeds; * p < {ALPHA} against the task's rnn baseline "
+            f"({'; '.join(methods) or 'no tests'}; units paired by seed and example id).")
+    if comparison.superseded:
+        text += f" {comparison.superseded} earlier attempt(s) superseded by a re-run were left out."
+    return text
+
+
+def unfinished_rows(comparison: Comparison) -> list[list[str]]:
+    return [[r.task, r.model, "" if r.seed is None else str(r.seed), r.status, r.name, r.run_id]
+            for r in comparison.unfinished]
+
+
+UNFINISHED_HEADER = ["task", "model", "seed", "status", "run name", "run id"]
+
+
+def to_markdown(comparison: Comparison) -> str:
+    """GitHub-flavoured markdown: one table per task, then the unfinished runs."""
+    def table(header, rows):
+        esc = lambda c: str(c).replace("|", "\\|")  # noqa: E731
+        lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+        return "\n".join(lines)
+
+    parts = [f"# Comparison: {comparison.experiment}"]
+    if comparison.parent_run_id:
+        parts.append(f"Parent run `{comparison.parent_run_id}`.")
+    for task in comparison.tasks:
+        parts.append(f"## {task_title(task)}")
+        parts.append(table(task_header(task), [task_cells(task, row) for row in task.rows]))
+        parts.extend(missing_p_notes(task))
+    if not comparison.tasks:
+        parts.append("No finished runs.")
+    parts.append(footnote(comparison))
+    parts.append("## Failed, killed or unfinished runs (not averaged)")
+    parts.append(table(UNFINISHED_HEADER, unfinished_rows(comparison)) if comparison.unfinished else "None.")
+    return "\n\n".join(parts) + "\n"
+
+
+def to_csv(comparison: Comparison) -> str:
+    """One row per (task, model); metric columns are the union over tasks (empty where absent)."""
+    metric_names = sorted({m for t in comparison.tasks for m in t.metric_names()})
+    header = ["task", "kind", "model", "family", "attention", "is_baseline", "n", "seeds",
+              "primary_metric", "greater_is_better"]
+    for m in metric_names:
+        header += [f"{m}_mean", f"{m}_std"]
+    header += [f"{k}_mean" for k in PERF_HEADERS] + ["baseline", "delta", "p_value", "significant"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for task in comparison.tasks:
+        for row in task.rows:
+            cells = [task.task, task.kind, row.model, row.family, row.attention, row.is_baseline, row.n,
+                     " ".join(map(str, row.seeds)), task.primary_metric, task.greater_is_better]
+            for m in metric_names:
+                s = row.metrics.get(m)
+                cells += [s.mean if s else "", s.std if s and s.std is not None else ""]
+            cells += [row.perf[k].mean if k in row.perf else "" for k in PERF_HEADERS]
+            cells += [task.baseline or "", "" if row.delta is None else row.delta,
+                      "" if row.p_value is None else row.p_value,
+                      "" if row.significant is None else row.significant]
+            writer.writerow(cells)
+    return buf.getvalue()
+
+
+def unfinished_csv(comparison: Comparison) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(UNFINISHED_HEADER)
+    writer.writerows(unfinished_rows(comparison))
+    return buf.getvalue()
+
+
+def to_json(comparison: Comparison) -> str:
+    return json.dumps(comparison.to_dict(), indent=2, sort_keys=False)
+
+
+def print_table(comparison: Comparison, console=None) -> None:
+    """Rich tables on the terminal: one per task, then the unfinished runs."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=WIDE_CONSOLE)
+    for task in comparison.tasks:
+        table = Table(title=task_title(task), title_justify="left")
+        for i, h in enumerate(task_header(task, compact=True)):
+            table.add_column(h, justify="left" if i == 0 else "right", no_wrap=i == 0)
+        for row in task.rows:
+            style = "bold" if row.is_baseline else ("green" if row.significant else None)
+            table.add_row(*task_cells(task, row, compact=True), style=style)
+        console.print(table)
+        for note in missing_p_notes(task):
+            console.print(note, style="dim")
+    if not comparison.tasks:
+        console.print("No finished runs.")
+    console.print(footnote(comparison), style="dim")
+    if comparison.unfinished:
+        table = Table(title="Failed, killed or unfinished runs (not averaged)", title_justify="left")
+        for h in UNFINISHED_HEADER:
+            table.add_column(h)
+        for cells in unfinished_rows(comparison):
+            table.add_row(*cells, style="red")
+        console.print(table)
+
+
+def render(comparison: Comparison, fmt: str) -> str:
+    """The comparison as text in ``fmt`` (``table`` renders through rich into plain text)."""
+    if fmt == "markdown":
+        return to_markdown(comparison)
+    if fmt == "csv":
+        return to_csv(comparison)
+    if fmt == "json":
+        return to_json(comparison)
+    if fmt == "table":
+        from rich.console import Console
+
+        console = Console(file=io.StringIO(), width=WIDE_CONSOLE, record=True)
+        print_table(comparison, console)
+        return console.export_text()
+    raise BadInputError(f"--format: {fmt!r} is not a format; valid: {', '.join(FORMATS)}")
