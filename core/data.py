@@ -174,3 +174,25 @@ def train_tokenizer(texts: list[str], options: TokenizerOptions, cache_dir: Path
     tok.save(str(tmp))
     tmp.replace(cache_file)  # atomic: parallel runs never read a half-written file
     return tok
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int = PAD):
+    """Right-pad token id lists into ``(ids (B, L) long, padding_mask (B, L) bool)``; True marks padding."""
+    import torch
+
+    width = max((len(s) for s in sequences), default=0) or 1
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+    mask = torch.arange(width)[None, :] >= torch.as_tensor([len(s) for s in sequences])[:, None]
+    return ids, mask
+
+
+def batch_indices(n: int, batch_size: int, *, shuffle: bool, generator=None) -> list[list[int]]:
+    """Example indices of each batch: in order, or a permutation drawn from ``generator``."""
+    import torch
+
+    if batch_size <= 0:
+        raise BadInputError(f"train.batch_size: must be a positive integer (got {batch_size})")
+    order = torch.randperm(n, generator=generator).tolist() if shuffle else list(range(n))
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]

@@ -1,0 +1,343 @@
+"""Model family ``transformer``: pre-LN Transformer networks built around any attention plugin.
+
+Every attention slot (encoder self-attention, decoder causal self-attention, decoder
+cross-attention) is an instance of the chosen attention class. Where the class's capability
+flags say it cannot fill a slot (``supports_causal`` / ``supports_cross``), that slot uses
+``multihead`` instead and the family records the fallback, reported by :meth:`tags`.
+
+Read top to bottom: options, building blocks, the four networks (one per task kind), the
+family that picks one, and the plugin hook.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from attnbench import Attention, ModelDims, ModelFamily, TaskIO, hookimpl
+from attnbench.errors import BadInputError
+
+FALLBACK_ATTENTION = "multihead"
+
+
+class TransformerOptions(BaseModel):
+    """Options of a ``{family: transformer, ...}`` grid entry."""
+
+    model_config = ConfigDict(extra="forbid")
+    attention: str = Field("multihead", description="registered attention variant used in every slot")
+    attention_options: dict = Field(default_factory=dict, description="options of that variant")
+    positions: Literal["learned", "sinusoidal"] = "learned"
+
+
+# ---------------------------------------------------------------------------- building blocks
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, d_ff: int, dropout: float):
+        super().__init__()
+        self.fc_in = nn.Linear(d_model, d_ff)
+        self.fc_out = nn.Linear(d_ff, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout(self.fc_out(F.gelu(self.fc_in(x))))
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed sine/cosine position codes (Vaswani et al. 2017); no length limit."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.d_model = d_model
+
+    def forward(self, length: int, device) -> torch.Tensor:
+        pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
+        freq = torch.exp(torch.arange(0, self.d_model, 2, device=device, dtype=torch.float32)
+                         * (-math.log(10000.0) / self.d_model))
+        table = torch.zeros(length, self.d_model, device=device)
+        table[:, 0::2] = torch.sin(pos * freq)
+        table[:, 1::2] = torch.cos(pos * freq)[:, : self.d_model // 2]
+        return table
+
+
+class LearnedPositions(nn.Module):
+    def __init__(self, max_len: int, d_model: int):
+        super().__init__()
+        self.table = nn.Embedding(max_len, d_model)
+
+    def forward(self, length: int, device) -> torch.Tensor:
+        if length > self.table.num_embeddings:
+            raise ValueError(f"sequence of {length} tokens is longer than the model's position table "
+                             f"({self.table.num_embeddings}); raise the task's max_len")
+        return self.table(torch.arange(length, device=device))
+
+
+class Embedder(nn.Module):
+    """Token embedding plus position codes, then dropout."""
+
+    def __init__(self, tokens: nn.Embedding, positions: nn.Module, dropout: float):
+        super().__init__()
+        self.tokens = tokens
+        self.positions = positions
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.tokens(ids) * math.sqrt(self.tokens.embedding_dim)
+        return self.dropout(x + self.positions(ids.shape[1], ids.device))
+
+
+def call_attention(attn: nn.Module, x, context=None, *, key_padding_mask=None, causal=False):
+    """Run one attention module, passing the padding mask only to variants that accept one."""
+    if key_padding_mask is not None and not attn.supports_padding_mask:
+        key_padding_mask = None
+    out, _ = attn(x, context, key_padding_mask=key_padding_mask, causal=causal)
+    return out
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LN block: x + SelfAttn(LN(x)), then x + FF(LN(x)). ``causal`` makes it a decoder-only block."""
+
+    def __init__(self, self_attn: nn.Module, d_model: int, d_ff: int, dropout: float, causal: bool = False):
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(d_model)
+        self.self_attn = self_attn
+        self.ln_ff = nn.LayerNorm(d_model)
+        self.ff = FeedForward(d_model, d_ff, dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.causal = causal
+
+    def forward(self, x, padding_mask=None):
+        x = x + self.dropout(call_attention(self.self_attn, self.ln_attn(x), key_padding_mask=padding_mask, causal=self.causal))
+        return x + self.ff(self.ln_ff(x))
+
+
+class DecoderBlock(nn.Module):
+    """Pre-LN block: causal self-attention, cross-attention over the encoder memory, feed-forward."""
+
+    def __init__(self, self_attn: nn.Module, cross_attn: nn.Module, d_model: int, d_ff: int, dropout: float):
+        super().__init__()
+        self.ln_self = nn.LayerNorm(d_model)
+        self.self_attn = self_attn
+        self.ln_cross = nn.LayerNorm(d_model)
+        self.cross_attn = cross_attn
+        self.ln_ff = nn.LayerNorm(d_model)
+        self.ff = FeedForward(d_model, d_ff, dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, y, memory, memory_padding_mask):
+        # Targets are right-padded, so the causal mask alone keeps real positions off padding.
+        y = y + self.dropout(call_attention(self.self_attn, self.ln_self(y), causal=True))
+        y = y + self.dropout(call_attention(self.cross_attn, self.ln_cross(y), memory, key_padding_mask=memory_padding_mask))
+        return y + self.ff(self.ln_ff(y))
+
+
+class Encoder(nn.Module):
+    """Embedding, a stack of encoder blocks and a final LayerNorm: (B, L) -> (B, L, d_model)."""
+
+    def __init__(self, embed: Embedder, blocks: list[nn.Module], d_model: int):
+        super().__init__()
+        self.embed = embed
+        self.blocks = nn.ModuleList(blocks)
+        self.ln_final = nn.LayerNorm(d_model)
+
+    def forward(self, tokens, padding_mask):
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = block(x, padding_mask)
+        x = self.ln_final(x)
+        return x.masked_fill(padding_mask[..., None], 0.0) if padding_mask is not None else x
+
+
+def masked_mean(x: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the non-padding positions: (B, L, D), (B, L) -> (B, D)."""
+    keep = (~padding_mask).unsqueeze(-1).to(x.dtype)
+    return (x * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+
+
+# ------------------------------------------------------------------------- one network per kind
+
+
+class TransformerClassifier(nn.Module):
+    """Encoder, masked mean pooling, linear head: (B, L), (B, L) -> (B, n_classes)."""
+
+    def __init__(self, encoder: Encoder, d_model: int, n_classes: int, dropout: float):
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(d_model, n_classes)
+
+    def forward(self, tokens, padding_mask):
+        pooled = masked_mean(self.encoder(tokens, padding_mask), padding_mask)
+        return self.head(self.dropout(pooled))
+
+
+class TransformerSpanExtractor(nn.Module):
+    """Encoder with start/end heads: -> (start_logits (B, L), end_logits (B, L)); padding gets the minimum."""
+
+    def __init__(self, encoder: Encoder, d_model: int):
+        super().__init__()
+        self.encoder = encoder
+        self.span_head = nn.Linear(d_model, 2)
+
+    def forward(self, tokens, padding_mask):
+        logits = self.span_head(self.encoder(tokens, padding_mask))
+        logits = logits.masked_fill(padding_mask[..., None], torch.finfo(logits.dtype).min)
+        start, end = logits.unbind(-1)
+        return start, end
+
+
+class TransformerSeq2Seq(nn.Module):
+    """Encoder-decoder (Vaswani et al. 2017) with the seq2seq interface of attnbench.models."""
+
+    def __init__(self, encoder: Encoder, tgt_embed: Embedder, blocks: list[DecoderBlock], d_model: int, tgt_vocab: int):
+        super().__init__()
+        self.encoder = encoder
+        self.tgt_embed = tgt_embed
+        self.blocks = nn.ModuleList(blocks)
+        self.ln_final = nn.LayerNorm(d_model)
+        self.lm_head = nn.Linear(d_model, tgt_vocab, bias=False)
+        self.lm_head.weight = tgt_embed.tokens.weight  # tied output embedding (Press & Wolf 2017)
+
+    def encode(self, src, src_padding_mask):
+        return self.encoder(src, src_padding_mask)
+
+    def decode(self, memory, src_padding_mask, tgt_in):
+        y = self.tgt_embed(tgt_in)
+        for block in self.blocks:
+            y = block(y, memory, src_padding_mask)
+        return self.lm_head(self.ln_final(y))
+
+    def reorder_memory(self, memory, index):
+        return memory.index_select(0, index)
+
+    def forward(self, src, src_padding_mask, tgt_in):
+        return self.decode(self.encode(src, src_padding_mask), src_padding_mask, tgt_in)
+
+
+class TransformerLM(nn.Module):
+    """Decoder-only causal stack: (B, L), (B, L) -> next-token logits (B, L, V)."""
+
+    def __init__(self, embed: Embedder, blocks: list[EncoderBlock], d_model: int, vocab: int):
+        super().__init__()
+        self.embed = embed
+        self.blocks = nn.ModuleList(blocks)
+        self.ln_final = nn.LayerNorm(d_model)
+        self.lm_head = nn.Linear(d_model, vocab, bias=False)
+        self.lm_head.weight = embed.tokens.weight
+
+    def forward(self, tokens, padding_mask=None):
+        x = self.embed(tokens)
+        for block in self.blocks:
+            # Right padding: the causal mask already keeps real positions away from it.
+            x = block(x)
+        return self.lm_head(self.ln_final(x))
+
+
+# ---------------------------------------------------------------------------------- the family
+
+
+class TransformerFamily(ModelFamily):
+    """``transformer``: the attention variant under test inside a standard pre-LN Transformer."""
+
+    kinds = ("classification", "span", "seq2seq", "lm")
+    Options = TransformerOptions
+
+    def __init__(self, options: TransformerOptions):
+        super().__init__(options)
+        self.fallbacks: dict[str, str] = {}  # slot -> variant used instead (filled by build)
+        self._attention_cls = None
+        self._attention_opts = None
+
+    def label(self) -> str:
+        return f"transformer-{self.options.attention}"
+
+    def validate(self, host) -> None:
+        cls = host.attention.get(self.options.attention).factory
+        self._attention_cls = cls
+        self._attention_opts = cls.parse_options(self.options.attention_options, where="model.attention_options")
+
+    def tags(self) -> dict[str, str]:
+        tags = {"attnbench.attention": self.options.attention}
+        if self.fallbacks:
+            tags["attnbench.attention_fallback"] = ",".join(f"{slot}->{used}" for slot, used in self.fallbacks.items())
+        return tags
+
+    def _attention(self, slot: str, dims: ModelDims, host, *, causal=False, cross=False) -> nn.Module:
+        """One attention module for ``slot``, or multihead when the variant lacks a needed capability."""
+        cls, opts = self._attention_cls, self._attention_opts
+        if (causal and not cls.supports_causal) or (cross and not cls.supports_cross):
+            cls = host.attention.get(FALLBACK_ATTENTION).factory
+            opts = cls.parse_options({})
+            self.fallbacks[slot] = FALLBACK_ATTENTION
+        return cls(dims.d_model, dims.n_heads, dims.dropout, opts)
+
+    def _embedder(self, tokens: nn.Embedding, max_len: int, dims: ModelDims) -> Embedder:
+        if self.options.positions == "sinusoidal":
+            positions = SinusoidalPositions(dims.d_model)
+        else:
+            positions = LearnedPositions(max_len, dims.d_model)
+        return Embedder(tokens, positions, dims.dropout)
+
+    def _encoder(self, io: TaskIO, dims: ModelDims, host, tokens: nn.Embedding, d_ff: int) -> Encoder:
+        blocks = [EncoderBlock(self._attention("encoder", dims, host), dims.d_model, d_ff, dims.dropout)
+                  for _ in range(dims.n_layers)]
+        return Encoder(self._embedder(tokens, io.max_len, dims), blocks, dims.d_model)
+
+    def build(self, io: TaskIO, dims: ModelDims, host) -> nn.Module:
+        if io.kind not in self.kinds:
+            raise BadInputError(f"model.family: transformer cannot build task kind {io.kind!r}; valid: {', '.join(self.kinds)}")
+        self.validate(host)
+        self.fallbacks = {}
+        d, d_ff = dims.d_model, dims.d_ff or 4 * dims.d_model
+        src_tokens = nn.Embedding(io.vocab_size, d, padding_idx=io.pad_id)
+
+        if io.kind == "classification":
+            if not io.n_classes:
+                raise BadInputError("task: a classification task must set TaskIO.n_classes")
+            model = TransformerClassifier(self._encoder(io, dims, host, src_tokens, d_ff), d, io.n_classes, dims.dropout)
+        elif io.kind == "span":
+            model = TransformerSpanExtractor(self._encoder(io, dims, host, src_tokens, d_ff), d)
+        elif io.kind == "seq2seq":
+            encoder = self._encoder(io, dims, host, src_tokens, d_ff)
+            tgt_vocab = io.tgt_vocab_size or io.vocab_size
+            tgt_tokens = src_tokens if io.tgt_vocab_size is None else nn.Embedding(tgt_vocab, d, padding_idx=io.pad_id)
+            blocks = [DecoderBlock(self._attention("decoder_self", dims, host, causal=True),
+                                   self._attention("cross", dims, host, cross=True), d, d_ff, dims.dropout)
+                      for _ in range(dims.n_layers)]
+            model = TransformerSeq2Seq(encoder, self._embedder(tgt_tokens, io.max_tgt_len or io.max_len, dims), blocks, d, tgt_vocab)
+        else:  # lm
+            blocks = [EncoderBlock(self._attention("decoder_self", dims, host, causal=True), d, d_ff, dims.dropout, causal=True)
+                      for _ in range(dims.n_layers)]
+            model = TransformerLM(self._embedder(src_tokens, io.max_len, dims), blocks, d, io.vocab_size)
+        init_weights(model)
+        return model
+
+
+def init_weights(model: nn.Module) -> None:
+    """Small normal init for linear and embedding weights (GPT-2 style); keeps tiny models stable.
+
+    Attention plugins keep their own initialisation: it may be part of the variant."""
+    inside_attention = {id(sub) for module in model.modules() if isinstance(module, Attention)
+                        for sub in module.modules()}
+    for module in model.modules():
+        if id(module) in inside_attention:
+            continue
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+
+
+@hookimpl
+def register_models(register):
+    register("transformer", TransformerFamily)

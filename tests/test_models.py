@@ -1,0 +1,146 @@
+"""Model families: shapes per task kind, padding invariance, causality, labels/tags, errors."""
+
+import pytest
+import torch
+
+from attnbench import Attention, ModelDims, TaskIO
+from attnbench.errors import BadInputError
+from attnbench.plugin_host import discover
+
+torch.set_num_threads(1)
+
+DIMS = ModelDims(d_model=32, n_layers=2, n_heads=4, dropout=0.0)
+FAMILIES = [("transformer", {}), ("transformer", {"positions": "sinusoidal"}), ("rnn", {}),
+            ("rnn", {"cell": "gru", "bidirectional": False})]
+IDS = ["transformer", "transformer-sinusoidal", "rnn-lstm", "rnn-gru-uni"]
+
+
+@pytest.fixture(scope="module")
+def host():
+    return discover()
+
+
+def build(host, name, raw, kind, **io_kwargs):
+    cls = host.model.get(name).factory
+    family = cls(cls.parse_options(raw))
+    io = TaskIO(kind=kind, vocab_size=40, max_len=24, n_classes=3, max_tgt_len=24, **io_kwargs)
+    torch.manual_seed(0)
+    return family, family.build(io, DIMS, host).eval()
+
+
+def tokens_and_mask(lengths, width):
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(6, 40, (len(lengths), width), generator=g)
+    mask = torch.arange(width)[None, :] >= torch.tensor(lengths)[:, None]
+    return tokens.masked_fill(mask, 0), mask
+
+
+def pad_more(tokens, mask, extra):
+    """The same batch with ``extra`` more padding columns on the right."""
+    return (torch.cat([tokens, torch.zeros(len(tokens), extra, dtype=torch.long)], 1),
+            torch.cat([mask, torch.ones(len(mask), extra, dtype=torch.bool)], 1))
+
+
+@pytest.mark.parametrize("name,raw", FAMILIES, ids=IDS)
+def test_output_shapes_per_kind(host, name, raw):
+    tokens, mask = tokens_and_mask([7, 4, 9], 9)
+    _, clf = build(host, name, raw, "classification")
+    assert clf(tokens, mask).shape == (3, 3)
+    _, span = build(host, name, raw, "span")
+    start, end = span(tokens, mask)
+    assert start.shape == end.shape == (3, 9)
+    assert torch.all(start[mask] < -1e30), "padding positions must never win a span"
+    _, s2s = build(host, name, raw, "seq2seq")
+    assert s2s(tokens, mask, tokens[:, :5]).shape == (3, 5, 40)
+    _, lm = build(host, name, raw, "lm")
+    assert lm(tokens, mask).shape == (3, 9, 40)
+
+
+@pytest.mark.parametrize("name,raw", FAMILIES, ids=IDS)
+def test_padding_does_not_change_outputs(host, name, raw):
+    tokens, mask = tokens_and_mask([7, 4, 9], 9)
+    wide_tokens, wide_mask = pad_more(tokens, mask, 5)
+    _, clf = build(host, name, raw, "classification")
+    torch.testing.assert_close(clf(tokens, mask), clf(wide_tokens, wide_mask), atol=1e-5, rtol=1e-4)
+    _, span = build(host, name, raw, "span")
+    narrow, wide = span(tokens, mask)[0], span(wide_tokens, wide_mask)[0][:, :9]
+    torch.testing.assert_close(narrow[~mask], wide[~mask], atol=1e-5, rtol=1e-4)
+    _, s2s = build(host, name, raw, "seq2seq")
+    tgt = tokens[:, :4]
+    torch.testing.assert_close(s2s(tokens, mask, tgt), s2s(wide_tokens, wide_mask, tgt), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name,raw", FAMILIES, ids=IDS)
+def test_decoders_are_causal(host, name, raw):
+    tokens, mask = tokens_and_mask([8, 8], 8)
+    changed = tokens.clone()
+    changed[:, 5] = 7 if changed[0, 5] != 7 else 8
+    _, lm = build(host, name, raw, "lm")
+    torch.testing.assert_close(lm(tokens, mask)[:, :5], lm(changed, mask)[:, :5])
+    assert not torch.allclose(lm(tokens, mask)[:, 5:], lm(changed, mask)[:, 5:])
+    _, s2s = build(host, name, raw, "seq2seq")
+    memory = s2s.encode(tokens, mask)
+    torch.testing.assert_close(s2s.decode(memory, mask, tokens)[:, :5], s2s.decode(memory, mask, changed)[:, :5])
+
+
+@pytest.mark.parametrize("name,raw", FAMILIES, ids=IDS)
+def test_reorder_memory_selects_examples(host, name, raw):
+    tokens, mask = tokens_and_mask([7, 4, 9], 9)
+    _, s2s = build(host, name, raw, "seq2seq")
+    memory = s2s.encode(tokens, mask)
+    index = torch.tensor([2, 2, 0])
+    reordered = s2s.reorder_memory(memory, index)
+    tgt = tokens[:, :3]
+    torch.testing.assert_close(s2s.decode(reordered, mask[index], tgt[index]), s2s.decode(memory, mask, tgt)[index])
+
+
+def test_labels_and_tags(host):
+    family, _ = build(host, "transformer", {}, "classification")
+    assert family.label() == "transformer-multihead"
+    assert family.tags() == {"attnbench.attention": "multihead"}
+    family, model = build(host, "rnn", {"cell": "gru"}, "seq2seq")
+    assert family.label() == "rnn-gru"
+    assert family.tags() == {"attnbench.attention": "none"}
+
+
+@pytest.mark.parametrize("kind", ["classification", "span", "seq2seq", "lm"])
+def test_rnn_contains_no_attention(host, kind):
+    _, model = build(host, "rnn", {}, kind)
+    assert not [m for m in model.modules() if isinstance(m, Attention) or "attention" in type(m).__name__.lower()]
+
+
+def test_transformer_builds_every_slot_from_the_chosen_attention(host):
+    _, model = build(host, "transformer", {}, "seq2seq")
+    attention = [m for m in model.modules() if isinstance(m, Attention)]
+    # 2 encoder self + 2 decoder self + 2 cross
+    assert len(attention) == 3 * DIMS.n_layers
+    assert {type(m).__name__ for m in attention} == {"MultiHeadAttention"}
+
+
+def test_unknown_attention_is_a_clear_error(host):
+    cls = host.model.get("transformer").factory
+    family = cls(cls.parse_options({"attention": "mutlihead"}))
+    with pytest.raises(BadInputError, match="did you mean 'multihead'"):
+        family.validate(host)
+
+
+def test_unknown_option_keys_are_rejected(host):
+    for name in ("transformer", "rnn"):
+        cls = host.model.get(name).factory
+        with pytest.raises(BadInputError, match=r"model\.colour: unknown field"):
+            cls.parse_options({"colour": "red"})
+    with pytest.raises(BadInputError, match="cell"):
+        host.model.get("rnn").factory.parse_options({"cell": "transformer"})
+
+
+def test_bad_attention_options_name_the_field(host):
+    cls = host.model.get("transformer").factory
+    family = cls(cls.parse_options({"attention_options": {"window": 3}}))
+    with pytest.raises(BadInputError, match=r"model\.attention_options\.window: unknown field"):
+        family.validate(host)
+
+
+def test_unknown_task_kind_is_rejected(host):
+    cls = host.model.get("rnn").factory
+    with pytest.raises(BadInputError, match="valid: classification"):
+        cls(cls.parse_options({})).build(TaskIO(kind="ranking", vocab_size=10), DIMS, host)
