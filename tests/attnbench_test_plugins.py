@@ -70,3 +70,18 @@ class ToyTask(Task):
 @hookimpl
 def register_tasks(register):
     register("toy", ToyTask)
+
+
+class FailingToyOptions(ToyOptions):
+    fail_at: Literal["never", "prepare", "loss", "nan", "interrupt"] = "loss"
+
+
+class FailingToyTask(ToyTask):
+    """The toy task, failing in ``loss`` by default: one broken task beside a healthy one."""
+
+    Options = FailingToyOptions
+
+
+@hookimpl(specname="register_tasks")
+def register_failing_task(register):
+    register("toy_failing", FailingToyTask)
