@@ -54,8 +54,9 @@ def bootstrap_p_value(system_scores: Sequence[float], baseline_scores: Sequence[
     """Two-sided paired bootstrap p-value for "the mean scores differ".
 
     Resamples units with replacement, centres the resampled absolute differences on their
-    mean (the null of no difference) and counts how often they exceed the observed one;
-    ``(c + 1) / (n + 1)`` as in sacrebleu, so p is never 0.
+    mean (the null of no difference) and counts how often they reach the observed one;
+    ``(c + 1) / (n + 1)`` as in sacrebleu, so p is never 0. Ties count as reaching it
+    (sacrebleu counts only strict excesses, which makes identical systems "significant").
     """
     sys_arr = np.asarray(system_scores, dtype=np.float64)
     base_arr = np.asarray(baseline_scores, dtype=np.float64)
@@ -66,7 +67,7 @@ def bootstrap_p_value(system_scores: Sequence[float], baseline_scores: Sequence[
     idx = rng.integers(0, sys_arr.size, size=(n_samples, sys_arr.size))
     sample_diffs = np.abs(sys_arr[idx].mean(axis=1) - base_arr[idx].mean(axis=1))
     centred = sample_diffs - sample_diffs.mean()
-    return float((np.sum(centred > observed) + 1) / (n_samples + 1))
+    return float(min(1.0, (np.sum(centred >= observed) + 1) / (n_samples + 1)))
 
 
 def _references(record: dict) -> list[str]:
@@ -84,21 +85,16 @@ def accuracy_score(record: dict) -> float:
 
 
 def _squad_scorer(metric: str) -> Callable[[dict], float] | None:
-    """Per-question F1 / exact match from the qa task's metric module (None when absent)."""
+    """Per-question F1 / exact match (0-1, best over gold answers) from the qa task's metric
+    module, or None when that plugin is not installed."""
     try:
         from attnbench.plugins.tasks import squad_metric
     except ImportError:
         return None
-    fn = getattr(squad_metric, {"f1": "f1_score", "exact_match": "exact_match_score"}[metric], None)
-    if fn is None:
-        return None
-    best_of = getattr(squad_metric, "metric_max_over_ground_truths", None)
+    fn = {"f1": squad_metric.f1, "exact_match": squad_metric.exact_match}[metric]
 
     def score(record: dict) -> float:
-        prediction, refs = str(record.get("prediction", "")), _references(record)
-        if best_of is not None:
-            return float(best_of(fn, prediction, refs))
-        return float(max(fn(prediction, ref) for ref in refs))
+        return float(squad_metric.best_over_golds(fn, str(record.get("prediction", "")), _references(record)))
 
     return score
 
@@ -131,7 +127,15 @@ def sacrebleu_paired_bs(samples: dict[str, PairedSample], metric: str = "bleu") 
         if sample.keys:
             groups.setdefault(tuple(sample.keys), []).append(name)
     p_values: dict[str, float] = {}
+    for key, names in list(groups.items()):
+        # sacrebleu's strict ">" gives identical outputs p = 1/(n+1); no difference is p = 1.
+        same = [n for n in names if [r.get("prediction") for r in samples[n].system]
+                == [r.get("prediction") for r in samples[n].baseline]]
+        p_values.update(dict.fromkeys(same, 1.0))
+        groups[key] = [n for n in names if n not in same]
     for names in groups.values():
+        if not names:
+            continue
         first = samples[names[0]]
         refs_per_unit = [_references(r) for r in first.baseline]
         n_streams = max(len(refs) for refs in refs_per_unit)

@@ -1,0 +1,218 @@
+"""attnbench compare: runs built directly in a temporary MLflow SQLite store, read back and summarised."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+import typer
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from attnbench import compare, compare_format, significance
+from attnbench.cli_compare import compare as compare_command
+from attnbench.errors import BadInputError
+from attnbench.synthetic_runs import create_parent, log_child_run
+
+SEEDS = (0, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """One experiment "quick": sentiment with a weak and a strong rnn, a strong and a middling
+    transformer and failed runs; translation with a baseline and a strong transformer."""
+    root = tmp_path_factory.mktemp("mlruns")
+    client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    exp = client.create_experiment("quick", artifact_location=str(root / "artifacts"))
+    parent = create_parent(client, exp, "quick", "name: quick\n")
+    for seed in SEEDS:
+        log_child_run(client, exp, parent, task="sentiment", model="rnn-lstm", seed=seed, skill=0.55)
+        log_child_run(client, exp, parent, task="sentiment", model="rnn-gru", seed=seed, skill=0.6)
+        log_child_run(client, exp, parent, task="sentiment", model="transformer-multihead", seed=seed, skill=0.95)
+        log_child_run(client, exp, parent, task="sentiment", model="transformer-vanilla", seed=seed, skill=0.62)
+    log_child_run(client, exp, parent, task="sentiment", model="transformer-vanilla", seed=3, status="FAILED")
+    log_child_run(client, exp, parent, task="sentiment", model="transformer-lsh", seed=0, status="KILLED")
+    # A failed first attempt that a re-run finished: superseded, not reported.
+    log_child_run(client, exp, parent, task="sentiment", model="transformer-sparse", seed=0, status="FAILED")
+    log_child_run(client, exp, parent, task="sentiment", model="transformer-sparse", seed=0, skill=0.7)
+    for seed in (0, 1):
+        log_child_run(client, exp, parent, task="translation", model="rnn-lstm", seed=seed, skill=0.4, n_examples=60)
+        log_child_run(client, exp, parent, task="translation", model="transformer-multihead", seed=seed,
+                      skill=0.9, n_examples=60)
+    client.set_terminated(parent)
+    second = create_parent(client, exp, "quick")
+    log_child_run(client, exp, second, task="sentiment", model="rnn-lstm", seed=7, skill=0.5)
+    client.set_terminated(second)
+    return client, exp, parent, second
+
+
+@pytest.fixture(scope="module")
+def summary(grid):
+    client, *_ = grid
+    return compare.compare_experiment(client, "quick")
+
+
+def task(summary, name):
+    return next(t for t in summary.tasks if t.task == name)
+
+
+def row(task_summary, model):
+    return next(r for r in task_summary.rows if r.model == model)
+
+
+def logged(client, run_ids, metric):
+    return [client.get_run(rid).data.metrics[metric] for rid in run_ids]
+
+
+def test_fetch_uses_one_search_query(grid, monkeypatch):
+    client, exp, *_ = grid
+    calls = []
+    original = client.search_runs
+    monkeypatch.setattr(client, "search_runs", lambda *a, **k: calls.append(k) or original(*a, **k))
+    records = compare.fetch_child_runs(client, exp)
+    assert len(calls) == 1
+    assert "attnbench.role" in calls[0]["filter_string"]
+    assert len(records) == 3 * 4 + 4 + 4 + 1  # every child, failed ones included
+
+
+def test_mean_and_std_over_seeds_match_the_logged_metrics(grid, summary):
+    client, *_ = grid
+    sentiment = task(summary, "sentiment")
+    multihead = row(sentiment, "transformer-multihead")
+    assert multihead.n == 3 + 0 and multihead.seeds == [0, 1, 2]
+    values = logged(client, multihead.run_ids, "test/accuracy")
+    stat = multihead.metrics["test/accuracy"]
+    assert stat.mean == pytest.approx(np.mean(values))
+    assert stat.std == pytest.approx(np.std(values, ddof=1))
+    assert stat.n == 3
+    speed = logged(client, multihead.run_ids, "perf/train_tokens_per_s")
+    assert multihead.perf["tokens_per_s"].mean == pytest.approx(np.mean(speed))
+
+
+def test_baseline_is_the_best_rnn_and_deltas_are_differences_of_means(summary):
+    sentiment = task(summary, "sentiment")
+    lstm, gru = row(sentiment, "rnn-lstm"), row(sentiment, "rnn-gru")
+    best = max((lstm, gru), key=lambda r: r.metrics["test/accuracy"].mean)
+    assert sentiment.baseline == best.model and best.is_baseline
+    assert sentiment.rows[0] is best
+    base = best.metrics["test/accuracy"].mean
+    for r in sentiment.rows:
+        if r is not best:
+            assert r.delta == pytest.approx(r.metrics["test/accuracy"].mean - base)
+            assert not r.is_baseline
+
+
+def test_p_values_are_probabilities_and_a_strong_model_is_significant(summary):
+    for t in summary.tasks:
+        for r in t.rows:
+            if not r.is_baseline:
+                assert r.p_value is not None and 0.0 < r.p_value <= 1.0, (t.task, r.model)
+                assert r.significant == (r.p_value < significance.ALPHA)
+    assert row(task(summary, "sentiment"), "transformer-multihead").significant
+    translation = task(summary, "translation")
+    assert "sacrebleu" in translation.significance_method
+    assert row(translation, "transformer-multihead").significant
+
+
+def test_failed_and_killed_runs_are_listed_and_never_averaged(summary):
+    listed = {(r.task, r.model, r.seed, r.status) for r in summary.unfinished}
+    assert listed == {("sentiment", "transformer-vanilla", 3, "FAILED"), ("sentiment", "transformer-lsh", 0, "KILLED")}
+    sentiment = task(summary, "sentiment")
+    assert row(sentiment, "transformer-vanilla").n == 3
+    assert "transformer-lsh" not in {r.model for r in sentiment.rows}
+    assert row(sentiment, "transformer-sparse").n == 1
+    assert summary.superseded == 1
+
+
+def test_run_option_limits_to_one_parent(grid):
+    client, _, _, second = grid
+    only = compare.compare_experiment(client, "quick", parent_run_id=second)
+    assert [(t.task, [r.model for r in t.rows]) for t in only.tasks] == [("sentiment", ["rnn-lstm"])]
+    assert only.tasks[0].rows[0].seeds == [7]
+
+
+def test_bootstrap_p_value_separates_equal_from_different_scores():
+    rng = np.random.default_rng(0)
+    a = rng.random(200) < 0.6
+    assert significance.bootstrap_p_value(a, a) > 0.5
+    assert significance.bootstrap_p_value(np.ones(200), a) < 0.01
+    with pytest.raises(ValueError):
+        significance.bootstrap_p_value([1.0], [1.0, 0.0])
+
+
+def test_alignment_pairs_by_seed_and_example_id():
+    sample = significance.align({0: {"a": {"p": 1}, "b": {"p": 2}}, 1: {"a": {"p": 3}}},
+                                {0: {"b": {"p": 4}, "c": {"p": 5}}, 2: {"a": {"p": 6}}})
+    assert sample.keys == [(0, "b")]
+    assert sample.system == [{"p": 2}] and sample.baseline == [{"p": 4}]
+
+
+def test_each_format_parses(summary):
+    data = json.loads(compare_format.render(summary, "json"))
+    assert {t["task"] for t in data["tasks"]} == {"sentiment", "translation"}
+    assert {r["status"] for r in data["unfinished"]} == {"FAILED", "KILLED"}
+
+    rows = list(csv.DictReader(io.StringIO(compare_format.render(summary, "csv"))))
+    assert len(rows) == sum(len(t.rows) for t in summary.tasks)
+    mh = next(r for r in rows if r["task"] == "sentiment" and r["model"] == "transformer-multihead")
+    assert float(mh["test/accuracy_mean"]) == pytest.approx(row(task(summary, "sentiment"), "transformer-multihead").metrics["test/accuracy"].mean)
+    assert 0 < float(mh["p_value"]) <= 1 and mh["significant"] == "True"
+
+    md = compare_format.render(summary, "markdown")
+    table_lines = [line for line in md.splitlines() if line.startswith("|")]
+    header_cells = {line.count("|") for line in table_lines if "model" in line and "test/" in line}
+    assert len(header_cells) >= 1
+    assert "sentiment/transformer-lsh/seed0" in md and "KILLED" in md
+
+    text = compare_format.render(summary, "table")
+    assert "transformer-multihead" in text and "baseline" in text and "*" in text
+
+    with pytest.raises(BadInputError, match="--format"):
+        compare_format.render(summary, "xml")
+
+
+def cli_app():
+    app = typer.Typer()
+    app.command()(compare_command)
+    return app
+
+
+def test_command_writes_files_and_logs_the_summary_to_the_parent(grid, tmp_path):
+    client, exp, parent, second = grid
+    uri = client.tracking_uri if hasattr(client, "tracking_uri") else client._tracking_client.tracking_uri
+    result = CliRunner().invoke(cli_app(), ["--experiment", "quick", "--format", "json", "--out", str(tmp_path),
+                                            "--tracking-uri", uri, "--run", parent])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["parent_run_id"] == parent
+    for name in ("comparison.md", "comparison.csv", "comparison.json", "unfinished.csv", "quality_vs_speed.png",
+                 "bleu_by_length.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    logged_files = {f.path for f in client.list_artifacts(parent, "summary")}
+    assert {"summary/comparison.md", "summary/comparison.csv", "summary/quality_vs_speed.png"} <= logged_files
+
+
+def test_unknown_experiment_and_missing_target_are_bad_input(grid):
+    client, *_ = grid
+    with pytest.raises(BadInputError, match="no MLflow experiment named 'nope'.*quick"):
+        compare.compare_experiment(client, "nope")
+    with pytest.raises(BadInputError, match="--run"):
+        compare.fetch_child_runs(client, "1", "not-a-run-id!")
+    with pytest.raises(BadInputError, match="exactly one"):
+        compare_command(grid_file=None, experiment=None)
+
+
+def test_qa_significance_uses_the_squad_metric(tmp_path):
+    pytest.importorskip("attnbench.plugins.tasks.squad_metric", reason="the qa task's squad_metric module is not there yet")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.create_experiment("qa-grid", artifact_location=str(tmp_path / "artifacts"))
+    parent = create_parent(client, exp, "qa-grid")
+    for seed in (0, 1):
+        log_child_run(client, exp, parent, task="qa", model="rnn-lstm", seed=seed, skill=0.3)
+        log_child_run(client, exp, parent, task="qa", model="transformer-multihead", seed=seed, skill=0.9)
+    qa = compare.compare_experiment(client, "qa-grid").tasks[0]
+    strong = row(qa, "transformer-multihead")
+    assert strong.p_value is not None and strong.significant
