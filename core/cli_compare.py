@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
-import yaml
 from typing_extensions import Annotated
 
 from . import compare_format
@@ -18,31 +16,19 @@ from .errors import BadInputError
 
 def experiment_name_of(grid_file: Path) -> str:
     """The ``name`` field of a grid file: the MLflow experiment its runs are logged to."""
-    if not grid_file.is_file():
-        raise BadInputError(f"GRID_FILE: {grid_file} does not exist; give a grid YAML or --experiment NAME")
-    try:
-        data = yaml.safe_load(grid_file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise BadInputError(f"{grid_file}: not valid YAML: {exc}") from None
-    name = data.get("name") if isinstance(data, dict) else None
-    if not isinstance(name, str) or not name:
-        raise BadInputError(f"{grid_file}: name: required (a string naming the grid's MLflow experiment)")
-    return name
+    from .config import load_experiment
+
+    experiment, _ = load_experiment(grid_file)
+    return experiment.name
 
 
 def tracking_client(tracking_uri: str | None):
-    """An MlflowClient for ``tracking_uri``, else the project's configured store."""
+    """An MlflowClient for ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else mlflow.yaml."""
     from mlflow.tracking import MlflowClient
 
-    if tracking_uri is None:
-        try:  # the project's mlflow.yaml, through the tracking module when it offers a resolver
-            from . import tracking
+    from .tracking import resolve_tracking_uri
 
-            resolve = getattr(tracking, "tracking_uri", None) or getattr(tracking, "resolve_tracking_uri", None)
-            tracking_uri = resolve() if callable(resolve) else None
-        except ImportError:
-            tracking_uri = None
-    return MlflowClient(tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    return MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
 
 
 def compare(
@@ -58,6 +44,13 @@ def compare(
 ) -> None:
     """Per task: each model's test metrics (mean ± std over seeds), speed, the difference to the
     rnn baseline with a paired significance test, and the runs that failed."""
+    from .cli import user_errors  # the CLI's one-line error messages and exit codes
+
+    with user_errors():
+        _compare(grid_file, experiment, run, format, out, significance, log, tracking_uri)
+
+
+def _compare(grid_file, experiment, run, format, out, significance, log, tracking_uri) -> None:
     if format not in compare_format.FORMATS:
         raise BadInputError(f"--format: {format!r} is not a format; valid: {', '.join(compare_format.FORMATS)}")
     if (grid_file is None) == (experiment is None):

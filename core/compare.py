@@ -346,3 +346,21 @@ def compare_experiment(client, experiment_name: str, parent_run_id: str | None =
     return summarize(records, experiment=experiment_name, parent_run_id=parent_run_id,
                      client=client, with_significance=with_significance)
 
+
+
+def summarize_grid_to_parent(client, experiment_id: str, parent_run_id: str,
+                             with_significance: bool = True) -> Comparison:
+    """Summarise the grid's experiment and log the table and plots on ``parent_run_id``.
+
+    The runner calls this at the end of ``attnbench run``. The whole experiment is
+    summarised, not only this invocation's children: a re-run skips pairings that already
+    finished, and the parent should still show the full grid (slots are deduplicated, see
+    :func:`select_attempts`). Files go to the parent's ``summary/`` artifact folder."""
+    from .compare_report import fetch_bench_series, log_report  # plotting stays out of plain reads
+
+    experiment = client.get_experiment(experiment_id).name
+    records = fetch_child_runs(client, experiment_id)
+    comparison = summarize(records, experiment=experiment, parent_run_id=parent_run_id,
+                           client=client, with_significance=with_significance)
+    log_report(client, parent_run_id, comparison, fetch_bench_series(client))
+    return comparison

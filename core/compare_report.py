@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 from . import compare_format, plots
-from .compare import Comparison, fetch_child_runs, summarize
+from .compare import Comparison
 
 BENCH_EXPERIMENT = "attnbench-bench"
 SUMMARY_ARTIFACT_DIR = "summary"
@@ -67,19 +67,3 @@ def log_report(client, parent_run_id: str, comparison: Comparison, bench_series:
     with tempfile.TemporaryDirectory() as tmp:
         write_report(comparison, tmp, bench_series)
         client.log_artifacts(parent_run_id, tmp, artifact_path=SUMMARY_ARTIFACT_DIR)
-
-
-def summarize_grid_to_parent(client, experiment_id: str, parent_run_id: str,
-                             with_significance: bool = True) -> Comparison:
-    """Summarise the grid's experiment and log the table and plots on ``parent_run_id``.
-
-    The runner calls this at the end of ``attnbench run``. The whole experiment is
-    summarised, not only this invocation's children: a re-run skips pairings that already
-    finished, and the parent should still show the full grid (slots are deduplicated,
-    see :func:`attnbench.compare.select_attempts`)."""
-    experiment = client.get_experiment(experiment_id).name
-    records = fetch_child_runs(client, experiment_id)
-    comparison = summarize(records, experiment=experiment, parent_run_id=parent_run_id,
-                           client=client, with_significance=with_significance)
-    log_report(client, parent_run_id, comparison, fetch_bench_series(client))
-    return comparison

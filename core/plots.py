@@ -16,6 +16,10 @@ from matplotlib.figure import Figure
 from .compare import BUCKET_METRIC, Comparison
 
 DPI = 110
+MAX_PANEL_INCHES = 6.0
+MAX_LABELLED_TOKENS = 80  # beyond this, tick labels overlap into a black bar
+PICTURES_DIR = "pictures"
+N_ATTENTION_EXAMPLES = 2
 
 
 def save_png(fig: Figure, path: str | Path) -> Path:
@@ -62,8 +66,9 @@ def attention_map_figure(maps, tokens, *, title: str | None = None) -> Figure:
     else:
         q_tokens = k_tokens = list(tokens)
     n_heads = max(a.shape[0] for _, a in layers)
-    size = 2.2 + 0.12 * max(len(k_tokens), 8)
-    fig = Figure(figsize=(size * n_heads, size * len(layers)))
+    size = min(2.2 + 0.12 * max(len(k_tokens), 8), MAX_PANEL_INCHES)
+    label_axes = max(len(q_tokens), len(k_tokens)) <= MAX_LABELLED_TOKENS
+    fig = Figure(figsize=(size * n_heads, size * len(layers)), layout="constrained")
     axes = fig.subplots(len(layers), n_heads, squeeze=False)
     for row, (name, arr) in enumerate(layers):
         for head in range(n_heads):
@@ -74,9 +79,9 @@ def attention_map_figure(maps, tokens, *, title: str | None = None) -> Figure:
             ax.imshow(arr[head], cmap="viridis", vmin=0.0, vmax=max(float(arr[head].max()), 1e-6), aspect="auto")
             ax.set_title(f"{name} · head {head}", fontsize=8)
             q_len, k_len = arr.shape[1], arr.shape[2]
-            if len(k_tokens) == k_len:
+            if label_axes and len(k_tokens) == k_len:
                 ax.set_xticks(range(k_len), k_tokens, rotation=90, fontsize=6)
-            if len(q_tokens) == q_len:
+            if label_axes and len(q_tokens) == q_len:
                 ax.set_yticks(range(q_len), q_tokens, fontsize=6)
     if title:
         fig.suptitle(title)
@@ -100,7 +105,7 @@ def training_curves_figure(history: Mapping[str, Sequence], *, title: str | None
     val = {k: v for k, v in history.items() if k.startswith("val/") and len(v)}
     if not train and not val:
         raise ValueError(f"no train/* or val/* series in history (got {sorted(history)})")
-    fig = Figure(figsize=(10, 3.6))
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
     ax_train, ax_val = fig.subplots(1, 2)
     for name, series in sorted(train.items()):
         ax_train.plot(*_points(series), label=name, linewidth=1)
@@ -136,7 +141,7 @@ def pareto_front(speed: Sequence[float], quality: Sequence[float], greater_is_be
 def _grid_axes(n: int, width: float = 5.0, height: float = 4.0):
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(width * cols, height * rows))
+    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[n:]:
         ax.axis("off")
@@ -246,3 +251,46 @@ def efficiency_figure(series: Mapping[str, Mapping[str, Sequence]]) -> Figure | 
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     return fig
+
+
+def attention_pictures(task, model) -> list[Figure]:
+    """Attention maps of the task's fixed examples, or [] for variants that return no weights.
+
+    The forward pass is ``task.loss`` in eval mode: it feeds every input the model kind needs
+    (encoder, decoder and cross-attention included) without knowing the batch layout."""
+    import torch
+
+    from .attention import capture_attention_maps
+
+    figures = []
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        for i, (tokens, batch) in enumerate(task.attention_examples(N_ATTENTION_EXAMPLES)):
+            with torch.no_grad(), capture_attention_maps(model) as maps:
+                task.loss(model, batch.to(device))
+            if maps:
+                figures.append(attention_map_figure(maps, tokens, title=f"example {i}"))
+    finally:
+        model.train(was_training)
+    return figures
+
+
+def log_run_pictures(client, run_id: str, task, model, result) -> list[str]:
+    """Log one run's pictures under ``pictures/``: training curves (from ``result.history``)
+    and attention maps of a few fixed examples. Returns the artifact paths."""
+    import tempfile
+
+    figures: dict[str, Figure] = {}
+    history = getattr(result, "history", None) or {}
+    if any(k.startswith(("train/", "val/")) for k in history):
+        figures["training_curves.png"] = training_curves_figure(history)
+    for i, fig in enumerate(attention_pictures(task, model)):
+        figures[f"attention_example{i}.png"] = fig
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, fig in figures.items():
+            save_png(fig, Path(tmp) / name)
+        if figures:
+            client.log_artifacts(run_id, tmp, artifact_path=PICTURES_DIR)
+    return [f"{PICTURES_DIR}/{name}" for name in figures]

@@ -201,8 +201,10 @@ def test_unknown_experiment_and_missing_target_are_bad_input(grid):
         compare.compare_experiment(client, "nope")
     with pytest.raises(BadInputError, match="--run"):
         compare.fetch_child_runs(client, "1", "not-a-run-id!")
-    with pytest.raises(BadInputError, match="exactly one"):
-        compare_command(grid_file=None, experiment=None)
+    result = CliRunner().invoke(cli_app(), [])
+    assert result.exit_code == 2 and "exactly one of GRID_FILE or --experiment" in result.output
+    result = CliRunner().invoke(cli_app(), ["--experiment", "quick", "--format", "xml"])
+    assert result.exit_code == 2 and "table, markdown, csv, json" in result.output
 
 
 def test_qa_significance_uses_the_squad_metric(tmp_path):
