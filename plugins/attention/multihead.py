@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench import Attention, hookimpl
+from attnbench.errors import BadInputError
 
 
 def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -87,3 +88,30 @@ class MultiHeadAttention(Attention):
 @hookimpl
 def register_attention(register):
     register("multihead", MultiHeadAttention)
+
+
+def validate_attention_call(module: Attention, x, context=None, key_padding_mask=None, causal=False) -> None:
+    """Raise BadInputError for inputs a variant cannot honour, so capability flags stay honest.
+
+    Variants call this first in ``forward``; it names the argument, what is wrong and what
+    would be valid (for example: use ``multihead`` where cross-attention is needed).
+    """
+    name = type(module).__name__
+    if x.dim() != 3 or x.shape[-1] != module.d_model:
+        raise BadInputError(f"{name}.forward: x must have shape (batch, length, {module.d_model}), got {tuple(x.shape)}")
+    if context is not None and not module.supports_cross:
+        raise BadInputError(
+            f"{name}.forward: context: cross-attention is not supported (supports_cross=False); "
+            "pass context=None or use a variant with supports_cross=True, e.g. multihead"
+        )
+    if causal and not module.supports_causal:
+        raise BadInputError(f"{name}.forward: causal=True is not supported (supports_causal=False); use causal=False")
+    if key_padding_mask is not None:
+        if not module.supports_padding_mask:
+            raise BadInputError(f"{name}.forward: key_padding_mask is not supported (supports_padding_mask=False); pass None")
+        k_len = (x if context is None else context).shape[1]
+        if key_padding_mask.dtype != torch.bool or tuple(key_padding_mask.shape) != (x.shape[0], k_len):
+            raise BadInputError(
+                f"{name}.forward: key_padding_mask must be a bool tensor of shape ({x.shape[0]}, {k_len}), "
+                f"got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
+            )

@@ -1,0 +1,337 @@
+"""Sparse attention with the fixed patterns of the Sparse Transformer (Child et al. 2019).
+
+Patterns (``pattern`` option):
+
+- ``local``: query i attends key j when ``|i - j| < window`` (and ``j <= i`` when causal).
+- ``strided``: ``local`` plus every ``stride``-th position, i.e. keys j with
+  ``(i - j) % stride == 0``; ``stride`` defaults to ``round(sqrt(n))``.
+- ``block``: fixed blocks of ``block_size``: a query attends its own block plus the last
+  ``summary`` positions of every block (the "fixed" pattern of the paper).
+
+On the CPU (and on CUDA without FlexAttention) the work is blocked: the sequence is cut into
+blocks, each query block is scored only against the key blocks its pattern can reach, and all
+parts of a pattern share one softmax. No ``n x n`` score matrix is built, except the dense map
+returned for ``need_weights=True``, which is meant for visualisation. On CUDA, when
+``torch.nn.attention.flex_attention`` exists and the call has no padding mask, no dropout and
+no weights request, the same pattern runs as a FlexAttention block mask (cached per shape).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from attnbench import Attention, hookimpl
+from attnbench.plugins.attention.multihead import merge_heads, split_heads, validate_attention_call
+
+
+class SparseOptions(BaseModel):
+    """Options of ``sparse``; unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    pattern: Literal["local", "strided", "block"] = Field("local", description="which Sparse Transformer pattern")
+    window: int = Field(128, ge=1, description="local/strided: query i sees keys with |i - j| < window")
+    stride: int | None = Field(None, ge=2, description="strided: period l of the strided part; default round(sqrt(n))")
+    block_size: int = Field(64, ge=1, description="block: size of the fixed blocks")
+    summary: int = Field(8, ge=1, description="block: the last `summary` positions of each block are visible to all")
+
+    @model_validator(mode="after")
+    def _summary_fits_block(self):
+        if self.pattern == "block" and self.summary > self.block_size:
+            raise ValueError(f"summary ({self.summary}) must be <= block_size ({self.block_size})")
+        return self
+
+
+# --- the blocked CPU path ---------------------------------------------------------------
+
+
+def _pad_seq(t: torch.Tensor, length: int) -> torch.Tensor:
+    """Pad dim -2 of (B, H, n, D) with zeros up to ``length``."""
+    return F.pad(t, (0, 0, 0, length - t.shape[-2])) if length > t.shape[-2] else t
+
+
+def _neighbour_blocks(t: torch.Tensor, back: int, forward: int) -> torch.Tensor:
+    """(B, H, nb, blk, D) -> (B, H, nb, (back+1+forward)*blk, D): each block with its neighbours.
+
+    Missing neighbours at the edges are zero blocks; their keys are masked as invalid.
+    """
+    nb = t.shape[2]
+    padded = F.pad(t, (0, 0, 0, 0, back, forward))
+    return torch.cat([padded[:, :, s:s + nb] for s in range(back + 1 + forward)], dim=3)
+
+
+@dataclass
+class _Part:
+    """One group of keys the queries can see.
+
+    ``scores`` (B, H, n, m) with ``allowed`` (B, 1, n, m); ``apply`` turns probabilities of the
+    same shape into outputs (B, H, n, D); ``key_pos`` (n, m) is each score's key position.
+    """
+
+    scores: torch.Tensor
+    allowed: torch.Tensor
+    apply: Callable[[torch.Tensor], torch.Tensor]
+    key_pos: torch.Tensor
+
+
+@dataclass
+class _BlockLayout:
+    """Query blocks and the keys each block may see: the shared shape of ``local`` and ``block``.
+
+    ``qb`` (B, H, nb, blk, D); ``kb``/``vb`` (B, H, nb, m, D); ``allowed`` (B, nb, blk, m);
+    ``key_pos`` (nb, m) the position of each key (out-of-range ones are never allowed).
+    """
+
+    qb: torch.Tensor
+    kb: torch.Tensor
+    vb: torch.Tensor
+    allowed: torch.Tensor
+    key_pos: torch.Tensor
+    n: int
+
+    def as_part(self) -> _Part:
+        b, h, nb, blk, d = self.qb.shape
+        m, n, n_pad = self.kb.shape[3], self.n, nb * blk
+        scores = self.qb @ self.kb.transpose(-1, -2)
+
+        def apply(probs):
+            out = _pad_seq(probs, n_pad).view(b, h, nb, blk, m) @ self.vb
+            return out.view(b, h, n_pad, d)[:, :, :n]
+
+        key_pos = self.key_pos[:, None, :].expand(nb, blk, m).reshape(n_pad, m)[:n]
+        return _Part(scores.view(b, h, n_pad, m)[:, :, :n], self.allowed.view(b, 1, n_pad, m)[:, :, :n], apply, key_pos)
+
+    def sdpa(self, dropout_p: float) -> torch.Tensor:
+        """Dense SDPA inside every block (the fused kernel), then back to (B, H, n, D).
+
+        Queries arrive pre-scaled, hence ``scale=1.0``.
+        """
+        b, h, nb, blk, d = self.qb.shape
+        m = self.kb.shape[3]
+        mask = self.allowed[:, None].expand(b, h, nb, blk, m).reshape(b, h * nb, blk, m)
+        out = F.scaled_dot_product_attention(
+            self.qb.reshape(b, h * nb, blk, d), self.kb.reshape(b, h * nb, m, d),
+            self.vb.reshape(b, h * nb, m, d), attn_mask=mask, dropout_p=dropout_p, scale=1.0,
+        )
+        return out.view(b, h, nb * blk, d)[:, :, :self.n]
+
+
+def _local_layout(q, k, v, valid, *, window, causal) -> _BlockLayout:
+    """Blocks of ``window`` queries; each sees its own, the previous and (unless causal) the next block.
+
+    That covers every key with ``|i - j| < window``; the band mask removes the rest.
+    """
+    b, h, n, d = q.shape
+    blk = min(window, n)
+    nb = math.ceil(n / blk)
+    n_pad = nb * blk
+    forward = 0 if causal else 1
+    kb = _neighbour_blocks(_pad_seq(k, n_pad).view(b, h, nb, blk, d), 1, forward)
+    vb = _neighbour_blocks(_pad_seq(v, n_pad).view(b, h, nb, blk, d), 1, forward)
+    m = kb.shape[3]
+    key_pos = (torch.arange(nb, device=q.device)[:, None] - 1) * blk + torch.arange(m, device=q.device)
+    query_pos = torch.arange(n_pad, device=q.device).view(nb, blk)
+    return _BlockLayout(_pad_seq(q, n_pad).view(b, h, nb, blk, d), kb, vb,
+                        _allowed(query_pos, key_pos, valid, causal, window=window), key_pos, n)
+
+
+def _fixed_layout(q, k, v, valid, *, block_size, summary, causal) -> _BlockLayout:
+    """Blocks of ``block_size``; each sees itself plus the last ``summary`` keys of every other block."""
+    b, h, n, d = q.shape
+    blk = min(block_size, n)
+    nb = math.ceil(n / blk)
+    n_pad = nb * blk
+    qb, kb, vb = (_pad_seq(t, n_pad).view(b, h, nb, blk, d) for t in (q, k, v))
+    summary_pos = (torch.arange(nb, device=q.device)[:, None] * blk
+                   + torch.arange(blk - min(summary, blk), blk, device=q.device)).flatten()
+    ks, vs = (t.view(b, h, n_pad, d)[:, :, None, summary_pos].expand(b, h, nb, -1, d) for t in (kb, vb))
+    own_pos = torch.arange(n_pad, device=q.device).view(nb, blk)
+    key_pos = torch.cat([own_pos, summary_pos.expand(nb, -1)], dim=1)
+    allowed = _allowed(own_pos, key_pos, valid, causal)
+    # A summary key inside the query's own block is already among its own-block keys.
+    allowed[:, :, :, blk:] &= (summary_pos // blk)[None, :] != torch.arange(nb, device=q.device)[:, None, None]
+    return _BlockLayout(qb, torch.cat([kb, ks], dim=3), torch.cat([vb, vs], dim=3), allowed, key_pos, n)
+
+
+def _allowed(query_pos, key_pos, valid, causal, window=None):
+    """(B, nb, blk, m) bool: key in range, not padding, inside the window, not in the future."""
+    n = valid.shape[1]
+    kp = key_pos[:, None, :]  # (nb, 1, m)
+    qp = query_pos[:, :, None]  # (nb, blk, 1)
+    ok = (kp >= 0) & (kp < n) & (qp >= 0)  # the last term only broadcasts to (nb, blk, m)
+    if window is not None:
+        ok = ok & ((qp - kp).abs() < window)
+    if causal:
+        ok = ok & (kp <= qp)
+    key_valid = valid[:, key_pos.clamp(0, n - 1)]  # (B, nb, m)
+    return ok[None] & key_valid[:, :, None, :]
+
+
+def _strided_part(q, k, v, valid, *, stride, window, causal) -> _Part:
+    """Keys j with ``(i - j) % stride == 0`` that the local window does not already cover.
+
+    Laying the sequence out as rows of ``stride`` makes those keys one column: scoring costs
+    ``n * n / stride`` instead of ``n * n``.
+    """
+    b, h, n, d = q.shape
+    rows = math.ceil(n / stride)
+    n_pad = rows * stride
+
+    def columns(t):  # (B, H, n, D) -> (B, H, stride, rows, D)
+        return _pad_seq(t, n_pad).view(b, h, rows, stride, d).transpose(2, 3)
+
+    scores = columns(q) @ columns(k).transpose(-1, -2)  # (B, H, stride, rows, rows)
+    row = torch.arange(rows, device=q.device)
+    diff = (row[:, None] - row[None, :]) * stride  # query row minus key row, in positions
+    band = diff.abs() >= window
+    if causal:
+        band &= diff >= 0
+    key_ok = F.pad(valid, (0, n_pad - valid.shape[1]), value=False).view(b, rows, stride).transpose(1, 2)
+    allowed = band[None, None] & key_ok[:, :, None, :]  # (B, stride, rows, rows)
+    vc = columns(v)
+
+    def to_query_order(t):  # (.., stride, rows, rows) -> (.., n, rows)
+        return t.transpose(-3, -2).reshape(*t.shape[:-3], n_pad, rows)[..., :n, :]
+
+    def apply(probs):  # (B, H, n, rows) -> (B, H, n, D)
+        p = _pad_seq(probs, n_pad).view(b, h, rows, stride, rows).transpose(2, 3)
+        return (p @ vc).transpose(2, 3).reshape(b, h, n_pad, d)[:, :, :n]
+
+    pos = torch.arange(n, device=q.device)
+    key_pos = (pos % stride)[:, None] + row[None, :] * stride
+    return _Part(to_query_order(scores), to_query_order(allowed[:, None]), apply, key_pos)
+
+
+def blocked_sparse_attention(q, k, v, options: SparseOptions, *, key_padding_mask=None, causal=False,
+                             dropout_p=0.0, need_weights=False):
+    """Sparse attention on (B, H, n, D) tensors without an n x n score matrix.
+
+    Returns ``(out, weights)``; weights is a dense ``(B, H, n, n)`` map (pre-dropout) when
+    ``need_weights``, else None. A query with no visible key (only a padding query can have
+    none) gets an arbitrary finite output.
+    """
+    b, h, n, d = q.shape
+    q = q * (1.0 / math.sqrt(d))  # scale the n x D queries, not the n x m scores
+    valid = torch.ones(b, n, dtype=torch.bool, device=q.device) if key_padding_mask is None else ~key_padding_mask
+    if options.pattern == "block":
+        layout = _fixed_layout(q, k, v, valid, block_size=options.block_size, summary=options.summary, causal=causal)
+    else:
+        layout = _local_layout(q, k, v, valid, window=options.window, causal=causal)
+    if options.pattern != "strided" and not need_weights:
+        # Every query of a block sees the same keys: the fused SDPA kernel does the work.
+        return layout.sdpa(dropout_p), None
+    parts = [layout.as_part()]
+    if options.pattern == "strided":
+        stride = options.stride or max(2, round(math.sqrt(n)))
+        parts.append(_strided_part(q, k, v, valid, stride=stride, window=options.window, causal=causal))
+    # One softmax over every part: fill masked keys with the dtype's minimum (finite, so a
+    # query with no visible key gives no NaN) and normalise in float32 for half precisions.
+    softmax_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    for p in parts:
+        p.scores.masked_fill_(~p.allowed, torch.finfo(p.scores.dtype).min)
+    scores = parts[0].scores if len(parts) == 1 else torch.cat([p.scores for p in parts], dim=-1)
+    probs = torch.softmax(scores, dim=-1, dtype=softmax_dtype).to(q.dtype)
+    dropped = F.dropout(probs, p=dropout_p) if dropout_p > 0 else probs
+    chunks = [dropped] if len(parts) == 1 else dropped.split([p.scores.shape[-1] for p in parts], dim=-1)
+    out = sum(p.apply(chunk) for p, chunk in zip(parts, chunks))
+    weights = _dense_weights(parts, probs, n) if need_weights else None
+    return out, weights
+
+
+def _dense_weights(parts, probs, n):
+    """Scatter the per-part probabilities into a dense (B, H, n, n) map for visualisation."""
+    b, h = probs.shape[:2]
+    allowed = torch.cat([p.allowed.expand(b, 1, n, -1) for p in parts], dim=-1)
+    key_pos = torch.cat([p.key_pos for p in parts], dim=-1).clamp(0, n - 1)
+    dense = probs.new_zeros(b, h, n, n)
+    return dense.scatter_add_(-1, key_pos.expand(b, h, n, -1), probs * allowed)
+
+
+# --- the CUDA FlexAttention path ---------------------------------------------------------
+
+
+@functools.cache
+def _flex_attention_fn():
+    """FlexAttention's (compiled) entry point, or None where this torch lacks it."""
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except ImportError:
+        return None
+    return torch.compile(flex_attention), create_block_mask
+
+
+@functools.lru_cache(maxsize=32)
+def _flex_block_mask(pattern, window, stride, block_size, summary, causal, n, device):
+    """Block mask for one pattern and shape; cached because building it costs a kernel launch series."""
+    _, create_block_mask = _flex_attention_fn()
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        diff = q_idx - kv_idx
+        if pattern == "block":
+            keep = (q_idx // block_size == kv_idx // block_size) | (kv_idx % block_size >= block_size - summary)
+        else:
+            keep = diff.abs() < window
+            if pattern == "strided":
+                keep = keep | (diff % stride == 0)
+        return keep & (diff >= 0) if causal else keep
+
+    return create_block_mask(mask_mod, None, None, n, n, device=device)
+
+
+def flex_available(q: torch.Tensor) -> bool:
+    return q.is_cuda and hasattr(torch.nn, "attention") and _flex_attention_fn() is not None
+
+
+def flex_sparse_attention(q, k, v, options: SparseOptions, *, causal=False):
+    """The same pattern through FlexAttention (CUDA only; no padding mask, dropout or weights)."""
+    n = q.shape[-2]
+    stride = options.stride or max(2, round(math.sqrt(n)))
+    block_mask = _flex_block_mask(options.pattern, options.window, stride, options.block_size,
+                                  options.summary, causal, n, str(q.device))
+    flex, _ = _flex_attention_fn()
+    return flex(q, k, v, block_mask=block_mask)
+
+
+# --- the module ------------------------------------------------------------------------------
+
+
+class SparseAttention(Attention):
+    """Multi-head attention restricted to a Sparse Transformer pattern (self-attention only)."""
+
+    supports_causal = True
+    supports_cross = False
+    supports_padding_mask = True
+    returns_weights = True
+    Options = SparseOptions
+
+    def __init__(self, d_model, n_heads, dropout=0.0, options=None):
+        super().__init__(d_model, n_heads, dropout, options)
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x, context=None, *, key_padding_mask=None, causal=False, need_weights=False):
+        validate_attention_call(self, x, context, key_padding_mask, causal)
+        q, k, v = (split_heads(proj(x), self.n_heads) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        dropout_p = self.dropout if self.training else 0.0
+        if key_padding_mask is None and dropout_p == 0.0 and not need_weights and flex_available(q):
+            out, weights = flex_sparse_attention(q, k, v, self.options, causal=causal), None
+        else:
+            out, weights = blocked_sparse_attention(
+                q, k, v, self.options, key_padding_mask=key_padding_mask, causal=causal,
+                dropout_p=dropout_p, need_weights=need_weights,
+            )
+        return self.out_proj(merge_heads(out)), weights
+
+
+@hookimpl
+def register_attention(register):
+    register("sparse", SparseAttention)
