@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -31,8 +32,20 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.fixture(scope="session")
+def migrated_store(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store, migrated once per session (migrations take ~10 s)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def tracking_uri(workdir):
+def tracking_uri(workdir, migrated_store):
+    """A real SQLite tracking store of this test's own (a copy of the migrated template)."""
+    shutil.copyfile(migrated_store, workdir / "mlflow.db")
     return f"sqlite:///{workdir / 'mlflow.db'}"
 
 
