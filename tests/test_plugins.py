@@ -128,3 +128,104 @@ def test_cli_plugins_table_shows_plugin_and_failures(plugin_dist, monkeypatch):
     assert result.exit_code == 0
     assert "attnbench (attnbench.plugins.attention.multihead)" in result.output
     assert "plugins that failed to load" in result.output and "missing dep" in result.output
+
+
+# ---------------------------------------------------------------- one test per hook (tests/test_docs.py checks)
+
+def test_hook_register_attention(plugin_dist):
+    """A third-party attention variant plugs into the built-in transformer family."""
+    import torch
+
+    from attnbench import ModelDims, TaskIO
+
+    plugin_dist("attnbench-example-plugin", {"attnbench_example_plugin": example_plugin_source()},
+                {"linear": "attnbench_example_plugin"})
+    host = discover()
+    family_cls = host.model.get("transformer").factory
+    family = family_cls(family_cls.parse_options({"attention": "linear"}))
+    family.validate(host)
+    model = family.build(TaskIO(kind="classification", vocab_size=20, max_len=10, n_classes=3),
+                         ModelDims(d_model=16, n_layers=1, n_heads=2, dropout=0.0), host)
+    linear_cls = host.attention.get("linear").factory
+    assert any(isinstance(m, linear_cls) for m in model.modules())
+    tokens = torch.randint(1, 20, (2, 10))
+    assert model(tokens, torch.zeros(2, 10, dtype=torch.bool)).shape == (2, 3)
+
+
+BOW_FAMILY = """
+    import torch
+    from pydantic import BaseModel, ConfigDict
+    from torch import nn
+    from attnbench import ModelFamily, hookimpl
+
+    class BowOptions(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    class BagOfWords(nn.Module):
+        def __init__(self, vocab, classes, width):
+            super().__init__()
+            self.embed = nn.EmbeddingBag(vocab, width)
+            self.head = nn.Linear(width, classes)
+        def forward(self, tokens, padding_mask):
+            return self.head(self.embed(tokens))
+
+    class BowFamily(ModelFamily):
+        kinds = ("classification",)
+        Options = BowOptions
+        def label(self):
+            return "bow"
+        def build(self, io, dims, host):
+            return BagOfWords(io.vocab_size, io.n_classes, dims.d_model)
+
+    @hookimpl
+    def register_models(register):
+        register("bow", BowFamily)
+"""
+
+
+def test_hook_register_models(plugin_dist, workdir, tracking_uri):
+    """A third-party model family is validated, trained and tracked like the built-ins."""
+    from mlflow.tracking import MlflowClient
+
+    from conftest import write_grid
+
+    plugin_dist("bow-dist", {"bow_family": BOW_FAMILY}, {"bow": "bow_family"})
+    write_grid(workdir / "g.yaml", """
+        name: bowgrid
+        grid: {task: [toy], model: [{family: bow}], seed: [0]}
+        model: {d_model: 8}
+        train: {epochs: 1, batch_size: 16, save_checkpoint: false}
+    """)
+    result = CliRunner().invoke(app, ["run", "g.yaml", "--tracking-uri", tracking_uri, "--plugin", "attnbench_test_plugins"])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("bowgrid").experiment_id],
+                              "tags.`attnbench.role` = 'child'")
+    assert [r.info.run_name for r in runs] == ["toy/bow/seed0"]
+    assert runs[0].data.tags["attnbench.family"] == "bow" and "test/accuracy" in runs[0].data.metrics
+    # a family that cannot build the task's kind is rejected before anything trains
+    write_grid(workdir / "h.yaml", """
+        name: bowgrid2
+        grid: {task: [toy], model: [{family: bow, depth: 3}], seed: [0]}
+    """)
+    bad = CliRunner().invoke(app, ["run", "h.yaml", "--tracking-uri", tracking_uri, "--plugin", "attnbench_test_plugins"])
+    assert bad.exit_code == 2 and "grid.model[0].depth: unknown field" in bad.output
+
+
+def test_hook_register_tasks(tmp_path):
+    """A task registered by a plugin prepares data, yields batches and computes a loss."""
+    import torch
+
+    from attnbench import ModelDims
+
+    host = discover(["attnbench_test_plugins"])
+    reg = host.task.get("toy")
+    assert reg.factory.kind == "classification" and reg.factory.primary_metric == "accuracy"
+    task = reg.factory(reg.factory.parse_options({"n_train": 20}, "tasks.toy"), cache_dir=tmp_path)
+    io = task.prepare()
+    family_cls = host.model.get("rnn").factory
+    model = family_cls(family_cls.parse_options({})).build(io, ModelDims(d_model=8, n_layers=1), host)
+    batch = next(iter(task.batches("train", 8, shuffle=True, generator=torch.Generator().manual_seed(0))))
+    loss = task.loss(model, batch)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert task.num_batches("train", 8) == 3
