@@ -1,0 +1,215 @@
+"""LSH attention in the style of the Reformer (Kitaev et al. 2020).
+
+Queries and keys share one projection. Each of ``n_hashes`` rounds hashes the shared vectors
+with a random rotation (angular LSH: ``argmax([xR; -xR])``) into ``n_buckets`` buckets,
+sorts the tokens by (bucket, position), cuts the sorted sequence into chunks of
+``bucket_size`` and lets every chunk attend to itself and the previous chunk. Keys are the
+L2-normalised shared vectors. A token does not attend to itself unless nothing else is
+visible (its score is replaced by -5e4, as in the Reformer). The rounds are combined with
+weights ``softmax`` of their log-sum-exp normalisers (a key met in several rounds counts once
+per round, as in reformer-pytorch's default). Peak memory grows as
+``n * n_hashes * bucket_size``, never ``n x n``.
+
+Rotations come from a generator seeded with ``seed``, so hashing is deterministic and a
+trained model is evaluated with the rotations it saw. ``n_hashes`` is a plain attribute of
+the validated options and can be raised after training
+(``module.options.n_hashes = 8``), which the Reformer reports as improving accuracy.
+
+``need_weights=True`` returns the combined attention probabilities scattered back to the
+original token order, a dense ``(batch, heads, n, n)`` map whose rows sum to 1 (for
+visualisation; it costs ``n x n`` memory only when asked for).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from attnbench import Attention, hookimpl
+from attnbench.plugins.attention.multihead import merge_heads, split_heads, validate_attention_call
+
+SELF_SCORE = -5e4  # a token sees itself only when every other key is masked
+
+
+class LSHOptions(BaseModel):
+    """Options of ``lsh``. Give ``bucket_size`` (default 64) or ``n_buckets``, not both."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    n_hashes: int = Field(4, ge=1, description="hashing rounds; may be raised at evaluation time")
+    bucket_size: int | None = Field(None, ge=1, description="chunk length; n_buckets = n / bucket_size")
+    n_buckets: int | None = Field(None, ge=1, description="fixed number of buckets (1 or even); chunk = n / n_buckets")
+    seed: int = Field(0, description="seed of the random rotations")
+
+    @model_validator(mode="after")
+    def _one_bucket_rule(self):
+        if self.bucket_size is not None and self.n_buckets is not None:
+            raise ValueError("give bucket_size or n_buckets, not both")
+        if self.n_buckets is not None and self.n_buckets > 1 and self.n_buckets % 2:
+            raise ValueError(f"n_buckets must be 1 or even (angular LSH uses +/- rotations), got {self.n_buckets}")
+        return self
+
+    def buckets_and_chunk(self, n: int) -> tuple[int, int]:
+        """(n_buckets, chunk length) for a sequence of length ``n``."""
+        if self.n_buckets is not None:
+            return self.n_buckets, math.ceil(n / self.n_buckets)
+        chunk = self.bucket_size or 64
+        n_buckets = math.ceil(n / chunk)
+        return (n_buckets + n_buckets % 2 if n_buckets > 1 else 1), chunk
+
+
+def hash_buckets(x: torch.Tensor, n_buckets: int, n_hashes: int, seed: int) -> torch.Tensor:
+    """Angular LSH of (B, H, n, D) vectors -> bucket ids (B, H, n_hashes, n)."""
+    b, h, n, d = x.shape
+    if n_buckets == 1:
+        return torch.zeros(b, h, n_hashes, n, dtype=torch.long, device=x.device)
+    gen = torch.Generator().manual_seed(seed)
+    rotations = torch.randn(d, n_hashes, n_buckets // 2, generator=gen).to(x.device, x.dtype)
+    rotated = torch.einsum("bhnd,drk->bhrnk", x, rotations)
+    return torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)
+
+
+def _look_one_back(t: torch.Tensor) -> torch.Tensor:
+    """(..., n_chunks, c, X) -> (..., n_chunks, 2c, X): each chunk with the previous (cyclically)."""
+    if t.shape[-3] == 1:
+        return t
+    return torch.cat([t.roll(1, dims=-3), t], dim=-2)
+
+
+class _PermuteRows(torch.autograd.Function):
+    """``t.index_select(0, index)`` where ``index`` permutes the rows within each round.
+
+    The backward is the inverse permutation, plus a sum over the rounds when the forward
+    fanned each row out to every round (input rows (heads, positions), output rows
+    (heads, rounds, positions)): much cheaper on the CPU than index_select's scatter-add.
+    """
+
+    @staticmethod
+    def forward(ctx, t, index, inverse, rounds, positions):
+        ctx.save_for_backward(inverse)
+        ctx.rounds, ctx.positions = rounds, positions
+        return t.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse,) = ctx.saved_tensors
+        g = grad.index_select(0, inverse)
+        if ctx.rounds > 1:
+            g = g.view(-1, ctx.rounds, ctx.positions, g.shape[-1]).sum(dim=1).view(-1, g.shape[-1])
+        return g, None, None, None, None
+
+
+def lsh_attention(qk, v, options: LSHOptions, *, key_padding_mask=None, causal=False, dropout_p=0.0,
+                  need_weights=False):
+    """Reformer LSH attention on shared query/key vectors ``qk`` and values ``v`` (B, H, n, D).
+
+    Returns ``(out, weights)``; weights as described in the module docstring, or None.
+    """
+    b, h, n, d = qk.shape
+    rounds = options.n_hashes
+    n_buckets, chunk = options.buckets_and_chunk(n)
+    n_chunks = math.ceil(n / chunk)
+    n_pad = n_chunks * chunk
+    qk, v = (F.pad(t, (0, 0, 0, n_pad - n)) for t in (qk, v))
+    valid = torch.ones(b, n_pad, dtype=torch.bool, device=qk.device)
+    valid[:, n:] = False
+    if key_padding_mask is not None:
+        valid[:, :n] = ~key_padding_mask
+
+    # Sort each round by (bucket, position). Padding goes to an extra last bucket, so its
+    # contents can never change where real tokens land.
+    buckets = hash_buckets(qk.detach(), n_buckets, rounds, options.seed)
+    if not bool(valid.all()):
+        buckets = buckets.masked_fill(~valid[:, None, None, :], n_buckets)
+    pos = torch.arange(n_pad, device=qk.device)
+    order = (buckets * n_pad + pos).argsort(dim=-1)  # (B, H, R, n_pad): sorted slot -> position
+    undo = order.argsort(dim=-1)  # position -> sorted slot
+    # Row gathers (index_select) on flattened tensors: far cheaper than element-wise gather.
+    head_offset = (torch.arange(b * h, device=qk.device) * n_pad).view(b, h, 1, 1)
+    sort_index = (order + head_offset).flatten()
+    slot_offset = (torch.arange(b * h * rounds, device=qk.device) * n_pad).view(b, h, rounds, 1)
+    unsort_index = (undo + slot_offset).flatten()
+    resort_index = (order + slot_offset).flatten()
+
+    def sort(t):  # (B, H, n_pad, X) -> (B, H, R, n_chunks, chunk, X)
+        rows = _PermuteRows.apply(t.reshape(b * h * n_pad, -1), sort_index, unsort_index, rounds, n_pad)
+        return rows.view(b, h, rounds, n_chunks, chunk, -1)
+
+    def unsort(t):  # (B, H, R, n_chunks, chunk, X) -> (B, H, R, n_pad, X)
+        rows = _PermuteRows.apply(t.reshape(b * h * rounds * n_pad, -1), unsort_index, resort_index, 1, n_pad)
+        return rows.view(b, h, rounds, n_pad, -1)
+
+    sq = sort(qk * (1.0 / math.sqrt(d)))
+    sk = _look_one_back(F.normalize(sq, dim=-1))  # normalising also undoes the scale
+    sv = _look_one_back(sort(v))
+    q_pos = order.view(b, h, rounds, n_chunks, chunk)
+    k_pos = _look_one_back(q_pos[..., None]).squeeze(-1)
+
+    scores = sq @ sk.transpose(-1, -2)  # (B, H, R, n_chunks, chunk, m)
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        scores = scores.float()
+    hidden = None
+    if not bool(valid.all()):
+        batch_offset = (torch.arange(b, device=qk.device) * n_pad).view(b, 1, 1, 1)
+        k_valid = valid.view(-1).index_select(0, (order + batch_offset).flatten())
+        hidden = ~_look_one_back(k_valid.view(b, h, rounds, n_chunks, chunk, 1)).squeeze(-1)[..., None, :]
+    if causal:
+        future = k_pos[..., None, :] > q_pos[..., :, None]
+        hidden = future if hidden is None else hidden | future
+    if hidden is not None:
+        scores.masked_fill_(hidden, torch.finfo(scores.dtype).min)
+    # Each query's own key sits on the diagonal of the own-chunk columns (the last `chunk`).
+    m = scores.shape[-1]
+    self_mask = torch.arange(m, device=qk.device)[None, :] == torch.arange(chunk, device=qk.device)[:, None] + (m - chunk)
+    scores.masked_fill_(self_mask, SELF_SCORE)
+
+    # Each round is normalised on its own (exact even when only the -5e4 self score is
+    # visible), then the rounds are mixed with weights softmax(their log-sum-exps).
+    lse = scores.logsumexp(dim=-1, keepdim=True)
+    probs = torch.exp(scores - lse)
+    dropped = F.dropout(probs, p=dropout_p) if dropout_p > 0 else probs
+    out_sorted = dropped.to(v.dtype) @ sv  # (B, H, R, n_chunks, chunk, D)
+    round_weight = torch.softmax(unsort(lse), dim=2)  # (B, H, R, n_pad, 1)
+    out = (unsort(out_sorted) * round_weight.to(v.dtype)).sum(dim=2)[:, :, :n]
+    weights = None
+    if need_weights:
+        flat_index = (q_pos[..., :, None] * n_pad + k_pos[..., None, :]).reshape(b, h, -1)
+        dense = probs.new_zeros(b, h, n_pad * n_pad)
+        sorted_weight = round_weight.squeeze(-1).gather(3, order)  # round weight at each sorted slot
+        dense.scatter_add_(-1, flat_index, (probs * sorted_weight.view(b, h, rounds, n_chunks, chunk, 1)).reshape(b, h, -1))
+        weights = dense.view(b, h, n_pad, n_pad)[:, :, :n, :n].to(v.dtype)
+    return out, weights
+
+
+class LSHAttention(Attention):
+    """Multi-head Reformer attention with a shared query/key projection (self-attention only)."""
+
+    supports_causal = True
+    supports_cross = False
+    supports_padding_mask = True
+    returns_weights = True
+    Options = LSHOptions
+
+    def __init__(self, d_model, n_heads, dropout=0.0, options=None):
+        super().__init__(d_model, n_heads, dropout, options)
+        self.qk_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x, context=None, *, key_padding_mask=None, causal=False, need_weights=False):
+        validate_attention_call(self, x, context, key_padding_mask, causal)
+        qk = split_heads(self.qk_proj(x), self.n_heads)
+        v = split_heads(self.v_proj(x), self.n_heads)
+        out, weights = lsh_attention(
+            qk, v, self.options, key_padding_mask=key_padding_mask, causal=causal,
+            dropout_p=self.dropout if self.training else 0.0, need_weights=need_weights,
+        )
+        return self.out_proj(merge_heads(out)), weights
+
+
+@hookimpl
+def register_attention(register):
+    register("lsh", LSHAttention)
