@@ -1,0 +1,113 @@
+"""The public conformance suite, run over every registered attention variant.
+
+Variants are enrolled by iterating the registry, so a new built-in (or a plugin loaded via
+entry points) is checked without editing this file. EXTRA_OPTIONS adds small-window cases
+so the sparse patterns and LSH hashing are really exercised on 12-token inputs.
+"""
+
+import pytest
+import torch
+
+from attnbench import Attention
+from attnbench.plugins.attention.multihead import MultiHeadAttention
+from attnbench.testing import ConformanceError, check_attention, conformance_cases, run_check
+
+torch.set_num_threads(1)
+
+EXTRA_OPTIONS = {
+    "sparse": [
+        {"pattern": "local", "window": 3},
+        {"pattern": "strided", "window": 2, "stride": 3},
+        {"pattern": "block", "block_size": 4, "summary": 1},
+    ],
+    "lsh": [{"bucket_size": 2, "n_hashes": 2}, {"n_buckets": 1, "n_hashes": 1}],
+}
+
+
+@pytest.mark.parametrize("cls, options, check", conformance_cases(options=EXTRA_OPTIONS))
+def test_registered_attention_conforms(cls, options, check):
+    result = run_check(cls, check, options)
+    assert result.status in ("passed", "skipped"), result.detail
+
+
+def test_every_builtin_is_enrolled():
+    ids = {p.id.split("-")[0] for p in conformance_cases()}
+    assert {"vanilla", "multihead", "sparse", "lsh"} <= ids
+
+
+# --- the suite must catch broken variants, with readable messages -------------------------
+
+
+class IgnoresCausal(MultiHeadAttention):
+    """Claims causal support but attends to the future."""
+
+    def forward(self, x, context=None, *, key_padding_mask=None, causal=False, need_weights=False):
+        return super().forward(x, context, key_padding_mask=key_padding_mask, causal=False, need_weights=need_weights)
+
+
+class SilentlyNoCross(MultiHeadAttention):
+    """Says it cannot do cross-attention but quietly accepts a context."""
+
+    supports_cross = False
+
+
+class LeaksPadding(MultiHeadAttention):
+    """Drops the padding mask on the floor."""
+
+    def forward(self, x, context=None, *, key_padding_mask=None, causal=False, need_weights=False):
+        return super().forward(x, context, key_padding_mask=None, causal=causal, need_weights=need_weights)
+
+
+class NoDropout(MultiHeadAttention):
+    def forward(self, x, context=None, **kwargs):
+        was = self.dropout
+        self.dropout = 0.0
+        try:
+            return super().forward(x, context, **kwargs)
+        finally:
+            self.dropout = was
+
+
+@pytest.mark.parametrize("cls, check, words", [
+    (IgnoresCausal, "causal", "later position"),
+    (SilentlyNoCross, "cross", "supports_cross=False but the call succeeded"),
+    (LeaksPadding, "padding", "non-padded outputs after changing padded inputs"),
+    (NoDropout, "dropout", "changed nothing"),
+])
+def test_suite_reports_broken_variants(cls, check, words):
+    result = run_check(cls, check)
+    assert result.status == "failed"
+    assert result.detail.startswith(f"[{check}]") and words in result.detail
+
+
+def test_check_attention_raises_one_error_listing_failures():
+    with pytest.raises(ConformanceError) as info:
+        check_attention(IgnoresCausal)
+    message = str(info.value)
+    assert "IgnoresCausal failed" in message and "[causal]" in message and "[weights]" in message
+
+
+def test_check_attention_returns_results_for_a_good_variant():
+    results = check_attention(MultiHeadAttention)
+    assert {r.check for r in results} >= {"shapes", "causal", "gradients", "batch"}
+    assert all(r.status == "passed" for r in results)
+
+
+def test_third_party_plugin_is_enrolled(monkeypatch, tmp_path):
+    """A --plugin module's attention appears in the cases and is checked like a built-in."""
+    from attnbench import plugin_host
+
+    module = tmp_path / "my_attention_plugin.py"
+    module.write_text(
+        "from attnbench import hookimpl\n"
+        "from attnbench.plugins.attention.multihead import MultiHeadAttention\n"
+        "class Mine(MultiHeadAttention):\n    pass\n"
+        "@hookimpl\ndef register_attention(register):\n    register('mine', Mine)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    host = plugin_host.discover(["my_attention_plugin"])
+    cases = conformance_cases(host)
+    mine = [c for c in cases if c.id.startswith("mine-")]
+    assert len(mine) == len(conformance_cases(host)) // len(host.attention)
+    cls, options, check = mine[0].values
+    assert issubclass(cls, Attention) and run_check(cls, check, options).status == "passed"
