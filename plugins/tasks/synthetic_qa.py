@@ -45,6 +45,7 @@ class StoryOptions(BaseModel):
     min_sentences: int = Field(4, ge=1, description="fewest sentences in a story")
     max_sentences: int = Field(12, ge=1, description="most sentences in a story")
     n_people: int = Field(4, ge=2, le=len(NAMES), description="people per story")
+    n_names: int = Field(len(NAMES), ge=2, le=len(NAMES), description="names the people are drawn from")
     n_places: int = Field(len(PLACES), ge=2, le=len(PLACES), description="places drawn from")
     distractor_rate: float = Field(0.3, ge=0.0, lt=1.0, description="share of object sentences")
     stale_moves: bool = Field(True, description="the person may have moved before the supporting fact")
@@ -53,6 +54,8 @@ class StoryOptions(BaseModel):
     def _check_range(self):
         if self.max_sentences < self.min_sentences:
             raise ValueError(f"max_sentences ({self.max_sentences}) must be >= min_sentences ({self.min_sentences})")
+        if self.n_people > self.n_names:
+            raise ValueError(f"n_people ({self.n_people}) must be <= n_names ({self.n_names})")
         return self
 
 
@@ -63,7 +66,7 @@ def _move(rng: random.Random, name: str, places: list[str]) -> tuple[str, str]:
 
 def _story(rng: random.Random, options: StoryOptions) -> dict:
     n = rng.randint(options.min_sentences, options.max_sentences)
-    people = rng.sample(NAMES, options.n_people)
+    people = rng.sample(NAMES[: options.n_names], options.n_people)
     places = PLACES[: options.n_places]
     target, others = people[0], people[1:]
     support = rng.randrange(n)  # uniform position: distances to the question vary evenly
