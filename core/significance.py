@@ -144,7 +144,10 @@ def sacrebleu_paired_bs(samples: dict[str, PairedSample], metric: str = "bleu") 
         streams = [[refs[i] if i < len(refs) else refs[0] for refs in refs_per_unit] for i in range(n_streams)]
         systems = [("baseline", [str(r.get("prediction", "")) for r in first.baseline])]
         systems += [(name, [str(r.get("prediction", "")) for r in samples[name].system]) for name in names]
-        test = PairedTest(systems, {metric: metric_cls()}, streams, test_type="bs", n_samples=N_BOOTSTRAP)
+        # References given to the metric are processed once; passed to PairedTest they would
+        # be processed again for every system.
+        test = PairedTest(systems, {metric: metric_cls(references=streams)}, None, test_type="bs",
+                          n_samples=N_BOOTSTRAP)
         _, scores = test()
         results = next(v for k, v in scores.items() if k != "System")
         for name, result in zip(names, results[1:]):
