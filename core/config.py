@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .attention import format_validation_error
 from .errors import BadInputError
 from .models import ModelDims
+from .overrides import EvalOverride
 from .plugin_host import PluginHost
 
 
@@ -71,6 +72,8 @@ class ExperimentFile(BaseModel):
     model: ModelDims = Field(default_factory=ModelDims)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tasks: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    evaluate_with: list[EvalOverride] = Field(
+        default_factory=list, description="re-evaluate the test split with other attention options")
 
 
 @dataclass
@@ -87,6 +90,7 @@ class RunSpec:
     train: TrainConfig
     seed: int
     model_entry: dict = field(default_factory=dict)
+    evaluate_with: list[EvalOverride] = field(default_factory=list)
 
     @property
     def run_name(self) -> str:
@@ -100,7 +104,7 @@ class RunSpec:
                       **self.dims.model_dump(mode="json")},
             "train": self.train.model_dump(mode="json"),
             "seed": self.seed,
-        }
+        } | ({"evaluate_with": [e.model_dump(mode="json") for e in self.evaluate_with]} if self.evaluate_with else {})
 
     @property
     def run_key(self) -> str:
@@ -309,6 +313,6 @@ def expand_grid(experiment: ExperimentFile, host: PluginHost, source: str = "exp
         specs.append(RunSpec(
             grid_name=experiment.name, task=task_name, task_options=tasks[task_name][1],
             family=family_name, family_options=options, model_label=label, dims=dims,
-            train=experiment.train, seed=seed, model_entry=entry,
+            train=experiment.train, seed=seed, model_entry=entry, evaluate_with=experiment.evaluate_with,
         ))
     return specs

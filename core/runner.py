@@ -26,7 +26,9 @@ from .config import ExperimentFile, RunSpec
 from .plugin_host import PluginHost
 from .tasks import Task
 from .tracking import check_artifact_root_writable, check_writable, get_or_create_experiment
-from .training import NonFiniteLossError, count_parameters, fit, planned_steps, select_device, seed_everything
+from .overrides import attention_options_override
+from .training import (NonFiniteLossError, count_parameters, evaluate_split, fit, planned_steps, select_device,
+                       seed_everything)
 
 TAG = "attnbench."
 
@@ -198,6 +200,9 @@ class GridRunner:
             buffer.log("perf/steps", result.steps, result.steps)
             buffer.flush()
             self._log_evaluation(run_id, result.test)
+            for override in spec.evaluate_with:
+                progress.update(step_bar, info=f"evaluating test with {override.name}")
+                self._evaluate_override(run_id, task, model, spec, device, override, buffer)
             self._log_pictures(run_id, task, model, result)
             if spec.train.save_checkpoint:
                 self._log_checkpoint(run_id, model)
@@ -233,6 +238,15 @@ class GridRunner:
                 self.client.log_text(run_id, content, name)
         if evaluation.tags:
             self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in evaluation.tags.items()])
+
+    def _evaluate_override(self, run_id, task, model, spec, device, override, buffer) -> None:
+        """Evaluate the test split again with changed attention options: ``test_<name>/<metric>``."""
+        with attention_options_override(model, override.attention_options) as changed:
+            evaluation = evaluate_split(task, model, "test", spec.train, device)
+        for name, value in evaluation.metrics.items():
+            buffer.log(f"test_{override.name}/{name}", float(value), 0)
+        buffer.log(f"test_{override.name}/attention_modules_changed", changed, 0)
+        buffer.flush()
 
     def _log_pictures(self, run_id: str, task: Task, model: torch.nn.Module, result) -> None:
         """Training curves and attention maps; a picture that fails never fails the run."""

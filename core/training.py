@@ -82,6 +82,13 @@ def planned_steps(task: Task, cfg: TrainConfig) -> int:
     return min(total, cfg.max_steps) if cfg.max_steps else total
 
 
+def evaluate_split(task: Task, model: torch.nn.Module, split: str, cfg: TrainConfig, device: torch.device) -> Evaluation:
+    """Evaluate ``model`` on a whole split, in eval mode and without gradients."""
+    model.eval()
+    with torch.no_grad(), autocast_for(device, cfg.amp):
+        return task.evaluate(model, split, batch_size=cfg.eval_batch_size or 2 * cfg.batch_size, device=device)
+
+
 def fit(
     task: Task,
     model: torch.nn.Module,
@@ -101,7 +108,6 @@ def fit(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     )
-    eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
     result = FitResult()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -113,9 +119,7 @@ def fit(
 
     def evaluate(split: str, step: int, epoch: int | None) -> Evaluation:
         on_phase(f"evaluating {split}")
-        model.eval()
-        with torch.no_grad(), autocast_for(device, cfg.amp):
-            evaluation = task.evaluate(model, split, batch_size=eval_bs, device=device)
+        evaluation = evaluate_split(task, model, split, cfg, device)
         prefix = "val" if split == "validation" else split
         for name, value in evaluation.metrics.items():
             record(f"{prefix}/{name}", float(value), epoch if epoch is not None else step)

@@ -160,3 +160,41 @@ def test_bad_mlflow_yaml_is_reported(workdir):
     (workdir / "mlflow.yaml").write_text("tracking_url: sqlite:///x.db\n")
     with pytest.raises(BadInputError, match="tracking_url: unknown field; valid: tracking_uri"):
         load_tracking_config()
+
+
+def test_evaluate_with_reevaluates_with_changed_attention_options(workdir, tracking_uri, plugin_dist):
+    from test_plugins import example_plugin_source
+
+    plugin_dist("attnbench-example-plugin", {"attnbench_example_plugin": example_plugin_source()},
+                {"linear": "attnbench_example_plugin"})
+    grid = GRID.replace("attention: multihead", "attention: linear") + """
+evaluate_with:
+  - {name: big_eps, attention_options: {eps: 1000.0}}
+  - {name: lsh8, attention_options: {n_hashes: 8}}
+"""
+    result = invoke(workdir, tracking_uri, grid=grid)
+    assert result.exit_code == 0, result.output
+    client, _, children = runs_of(tracking_uri)
+    linear = next(r for r in children if r.info.run_name == "toy/transformer-linear/seed0")
+    rnn = next(r for r in children if r.info.run_name == "toy/rnn-gru/seed0")
+    m = linear.data.metrics
+    assert m["test_big_eps/attention_modules_changed"] == 1  # one layer, one linear attention
+    assert m["test_lsh8/attention_modules_changed"] == 0  # linear has no n_hashes: unchanged
+    assert m["test_lsh8/accuracy"] == m["test/accuracy"]
+    assert rnn.data.metrics["test_big_eps/attention_modules_changed"] == 0
+    assert "evaluate_with" in linear.data.params
+
+
+def test_attention_options_override_restores_options():
+    import torch
+
+    from test_plugins import example_plugin_source
+    from attnbench.overrides import attention_options_override
+
+    namespace: dict = {}
+    exec(compile(example_plugin_source(), "example", "exec"), namespace)
+    attn = namespace["LinearAttention"](8, 2)
+    model = torch.nn.Sequential(attn)
+    with attention_options_override(model, {"eps": 0.5}) as changed:
+        assert changed == 1 and attn.options.eps == 0.5
+    assert attn.options.eps == 1e-6
