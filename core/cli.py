@@ -69,7 +69,7 @@ def run(
         tracking = load_tracking_config()
         uri = resolve_tracking_uri(tracking_uri, tracking)
         grid_text = _grid_text(grid_file, raw, overrides)
-        from .runner import GridRunner, summary_table
+        from .runner import GridRunner, summary_tables
 
         runner = GridRunner(experiment, specs, host=host, tracking_uri=uri, artifact_root_uri=artifact_root(tracking),
                             grid_text=grid_text, grid_source=str(grid_file), overrides=overrides, console=console,
@@ -82,7 +82,8 @@ def run(
             err_console.print("\n[yellow]interrupted: the current run and the grid's parent run are marked KILLED; "
                               "re-run the same command to continue (finished runs are skipped).[/yellow]")
             raise typer.Exit(130) from None
-        console.print(summary_table(outcomes, host))
+        for table in summary_tables(outcomes, host):
+            console.print(table)
         ui_hint = "attnbench ui" + ("" if tracking_uri is None else f" --tracking-uri {tracking_uri}")
         console.print(f"Browse the runs: [bold]{ui_hint}[/bold] (http://{tracking.ui.host}:{tracking.ui.port}), "
                       f"compare them: [bold]attnbench compare {grid_file}[/bold]")

@@ -276,19 +276,34 @@ class GridRunner:
             self.console.print(f"[yellow]warning: grid summary on the parent run failed: {type(exc).__name__}: {exc}[/yellow]")
 
 
-def summary_table(outcomes: list[PairingOutcome], host: PluginHost) -> Table:
-    """task x model: primary test metric, parameters, training tokens/s, wall time, status."""
-    table = Table(title="attnbench results", show_lines=False)
-    for col, justify in (("task", "left"), ("model", "left"), ("seed", "right"), ("metric", "left"),
-                         ("test", "right"), ("params", "right"), ("train tok/s", "right"),
-                         ("wall s", "right"), ("status", "left")):
-        table.add_column(col, justify=justify)
-    for o in outcomes:
-        primary = host.task.get(o.spec.task).factory.primary_metric
-        m = o.metrics
-        fmt = lambda key, spec: format(m[key], spec) if key in m else "-"
-        status = {"FINISHED": "[green]ok[/green]", "SKIPPED": "[dim]skipped (done)[/dim]",
-                  "FAILED": "[red]FAILED[/red]", "KILLED": "[yellow]KILLED[/yellow]"}[o.status]
-        table.add_row(o.spec.task, o.spec.model_label, str(o.spec.seed), primary, fmt(f"test/{primary}", ".2f"),
-                      fmt("perf/params", ",.0f"), fmt("perf/train_tokens_per_s", ",.0f"), fmt("perf/wall_s", ".1f"), status)
-    return table
+def compact(n: float) -> str:
+    """185234 -> 185k, 1234567 -> 1.2M: fits an 80-column terminal."""
+    for div, unit in ((1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.1f}{unit}" if n < 10 * div else f"{n / div:.0f}{unit}"
+    return f"{n:.0f}"
+
+
+def summary_tables(outcomes: list[PairingOutcome], host: PluginHost) -> list[Table]:
+    """One table per task: each model's primary test metric, parameters, training tokens/s,
+    wall time and status."""
+    tables = []
+    for task in dict.fromkeys(o.spec.task for o in outcomes):
+        primary = host.task.get(task).factory.primary_metric
+        table = Table(title=f"{task}: test {primary}", title_justify="left")
+        table.add_column("model", no_wrap=True)
+        table.add_column("seed", justify="right")
+        table.add_column("test", justify="right")
+        for col in ("params", "tok/s", "secs"):
+            table.add_column(col, justify="right")
+        table.add_column("status", no_wrap=True)
+        for o in (o for o in outcomes if o.spec.task == task):
+            m = o.metrics
+            get = lambda key, fmt: fmt(m[key]) if key in m else "-"
+            status = {"FINISHED": "[green]ok[/green]", "SKIPPED": "[dim]done before[/dim]",
+                      "FAILED": "[red]FAILED[/red]", "KILLED": "[yellow]KILLED[/yellow]"}[o.status]
+            table.add_row(o.spec.model_label, str(o.spec.seed), get(f"test/{primary}", lambda v: f"{v:.2f}"),
+                          get("perf/params", compact), get("perf/train_tokens_per_s", compact),
+                          get("perf/wall_s", lambda v: f"{v:.0f}"), status)
+        tables.append(table)
+    return tables

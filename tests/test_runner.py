@@ -68,7 +68,7 @@ def test_run_logs_parent_and_nested_children_by_the_conventions(workdir, trackin
         assert len(rows) == 32 and {"id", "input", "prediction", "reference"} <= set(rows[0])
         recomputed = 100.0 * sum(r["prediction"] == r["reference"] for r in rows) / len(rows)
         assert recomputed == pytest.approx(metrics["test/accuracy"])
-    assert "attnbench results" in result.output and "attnbench ui" in result.output
+    assert "toy: test accuracy" in result.output and "attnbench ui" in result.output
 
 
 def test_rerun_skips_finished_runs_and_retries_failed_ones(workdir, tracking_uri):
