@@ -1,0 +1,308 @@
+"""Efficiency of attention variants against sequence length (the library behind ``attnbench bench``).
+
+Every (variant, length) point is measured in a fresh Python subprocess, so peak memory is
+honest on the CPU too: the worker warms up on a short sequence, records its peak resident set
+size (``resource.getrusage``), runs one forward+backward at the real length and reports the
+growth of the peak. On CUDA it uses ``torch.cuda.max_memory_allocated`` instead. Time is the
+best of a few forward+backward passes in the same worker.
+
+Two reference rows need no plugin: ``sdpa`` (bare ``scaled_dot_product_attention`` on
+``(B, H, n, D)`` tensors, always measured) and ``materialised`` (explicit
+``softmax(QK^T / sqrt(D)) V``, the memory yardstick of a full attention matrix).
+Variants are measured as whole modules (projections included) with default options.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import AttnbenchError, BadInputError
+
+REFERENCE = "sdpa"
+MATERIALISED = "materialised"
+BUILTIN_REFERENCES = (REFERENCE, MATERIALISED)
+DTYPES = ("float32", "bfloat16")
+DEVICES = ("cpu", "cuda")
+DEFAULT_EXPERIMENT = "attnbench-bench"
+WARMUP_LENGTH = 128
+
+
+@dataclass
+class BenchSpec:
+    """What to measure. ``options`` maps a variant name to its attention options (dict)."""
+
+    variants: list[str]
+    lengths: list[int]
+    device: str = "cpu"
+    dtype: str = "float32"
+    batch: int = 1
+    heads: int = 8
+    head_dim: int = 64
+    repeats: int = 3
+    options: dict[str, dict] = field(default_factory=dict)
+    threads: int | None = None  # torch threads in the worker; None keeps torch's default
+
+    def validate(self, host=None) -> None:
+        """Raise BadInputError naming the flag when something cannot be measured."""
+        if not self.variants:
+            raise BadInputError("--attention: give at least one variant, e.g. multihead,sparse,lsh")
+        if not self.lengths or any(n < 1 for n in self.lengths):
+            raise BadInputError(f"--lengths: positive integers expected, got {self.lengths}")
+        if self.device not in DEVICES:
+            raise BadInputError(f"--device: {self.device!r} is not one of {', '.join(DEVICES)}")
+        if self.dtype not in DTYPES:
+            raise BadInputError(f"--dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        for name, value in (("--batch", self.batch), ("--heads", self.heads), ("--head-dim", self.head_dim)):
+            if value < 1:
+                raise BadInputError(f"{name}: must be a positive integer, got {value}")
+        if self.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise BadInputError("--device: cuda requested but torch sees no CUDA device; use --device cpu")
+        if host is not None:
+            for name in self.variants:
+                if name not in BUILTIN_REFERENCES:
+                    reg = host.attention.get(name)  # unknown names raise with the valid choices
+                    reg.factory.parse_options(self.options.get(name), where=f"options.{name}")
+
+
+@dataclass
+class Measurement:
+    """One (variant, length) point. ``ratio_to_sdpa`` is filled once the reference is known."""
+
+    variant: str
+    n: int
+    ms: float
+    peak_mib: float
+    ratio_to_sdpa: float | None = None
+
+
+@dataclass
+class BenchResult:
+    spec: BenchSpec
+    measurements: list[Measurement]
+
+    def of(self, variant: str) -> list[Measurement]:
+        return sorted((m for m in self.measurements if m.variant == variant), key=lambda m: m.n)
+
+    def variants(self) -> list[str]:
+        return list(dict.fromkeys(m.variant for m in self.measurements))
+
+    def growth_exponent(self, variant: str) -> float | None:
+        """Slope of log(ms) against log(n) (numpy polyfit); None with fewer than two lengths."""
+        points = self.of(variant)
+        return growth_exponent([m.n for m in points], [m.ms for m in points])
+
+    def rows(self) -> list[dict]:
+        """One JSON-ready dict per (variant, length), as ``--json`` prints them."""
+        exps = {v: self.growth_exponent(v) for v in self.variants()}
+        common = {k: getattr(self.spec, k) for k in ("device", "dtype", "batch", "heads", "head_dim")}
+        return [asdict(m) | {"growth_exponent": exps[m.variant]} | common for m in self.measurements]
+
+
+def growth_exponent(lengths: list[int], times: list[float]) -> float | None:
+    import numpy as np
+
+    if len(lengths) < 2:
+        return None
+    slope, _ = np.polyfit(np.log(lengths), np.log(times), 1)
+    return float(slope)
+
+
+# --- measuring one point (in a subprocess) --------------------------------------------------
+
+
+def measure(variant: str, n: int, spec: BenchSpec, timeout: float = 1800) -> Measurement:
+    """Measure one (variant, length) point in a fresh interpreter; errors come back as AttnbenchError."""
+    job = {"variant": variant, "n": n, "spec": asdict(spec)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "attnbench.bench", "--worker", json.dumps(job)],
+        capture_output=True, text=True, timeout=timeout, env=os.environ.copy(),
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise AttnbenchError(f"bench worker for {variant} at n={n} failed:\n" + "\n".join(tail))
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    return Measurement(variant, n, data["ms"], data["peak_mib"])
+
+
+def _build_step(variant: str, n: int, spec: BenchSpec):
+    """A zero-argument callable running one forward+backward of ``variant`` at length ``n``."""
+    import torch
+    import torch.nn.functional as F
+
+    device, dtype = torch.device(spec.device), getattr(torch, spec.dtype)
+    b, h, d = spec.batch, spec.heads, spec.head_dim
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape, grad=True):
+        return torch.randn(*shape, generator=gen).to(device, dtype).requires_grad_(grad)
+
+    if variant in BUILTIN_REFERENCES:
+        q, k, v = (rand(b, h, n, d) for _ in range(3))
+        grad_out = rand(b, h, n, d, grad=False)  # a dense gradient: a broadcast one hits slow kernels
+
+        def forward():
+            if variant == REFERENCE:
+                return F.scaled_dot_product_attention(q, k, v)
+            return torch.softmax((q @ k.transpose(-1, -2)) / math.sqrt(d), dim=-1) @ v
+    else:
+        cls = _attention_class(variant)
+        torch.manual_seed(0)
+        module = cls(h * d, h, 0.0, options=cls.parse_options(spec.options.get(variant))).to(device, dtype)
+        x = rand(b, n, h * d)
+        grad_out = rand(b, n, h * d, grad=False)
+
+        def forward():
+            return module(x)[0]
+
+    def step():
+        forward().backward(grad_out)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
+def _attention_class(name: str):
+    """A built-in variant straight from its module (fast start), else through full discovery."""
+    import importlib
+
+    try:
+        module = importlib.import_module(f"attnbench.plugins.attention.{name}")
+    except ImportError:
+        module = None
+    found = {}
+    if module is not None and hasattr(module, "register_attention"):
+        module.register_attention(lambda reg_name, factory, **meta: found.setdefault(reg_name, factory))
+    if name in found:
+        return found[name]
+    from .plugin_host import get_host
+
+    return get_host().attention.get(name).factory
+
+
+def _worker(job: dict) -> dict:
+    import resource
+
+    import torch
+
+    spec = BenchSpec(**job["spec"])
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    variant, n = job["variant"], job["n"]
+    _build_step(variant, min(WARMUP_LENGTH, n), spec)()  # load kernels and thread pools first
+    step = _build_step(variant, n, spec)
+    if spec.device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        step()
+        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024
+    best = math.inf
+    for _ in range(spec.repeats):
+        start = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - start)
+    return {"ms": best * 1000, "peak_mib": peak / 2**20}
+
+
+# --- a whole sweep ----------------------------------------------------------------------------
+
+
+def run_bench(spec: BenchSpec, on_point=None) -> BenchResult:
+    """Measure the reference and every variant at every length (reference first at each length).
+
+    ``on_point(measurement)`` is called after each point (progress bars, streaming output).
+    """
+    variants = [REFERENCE] + [v for v in spec.variants if v != REFERENCE]
+    measurements = []
+    for n in spec.lengths:
+        reference = None
+        for variant in variants:
+            m = measure(variant, n, spec)
+            if variant == REFERENCE:
+                reference = m.ms
+            m.ratio_to_sdpa = m.ms / reference
+            measurements.append(m)
+            if on_point:
+                on_point(m)
+    return BenchResult(spec, measurements)
+
+
+def plot_loglog(result: BenchResult, path: Path) -> Path:
+    """Log-log PNG: time and peak memory against n, one line per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    for variant in result.variants():
+        pts = result.of(variant)
+        ns = [m.n for m in pts]
+        exp = result.growth_exponent(variant)
+        label = variant + (f" (n^{exp:.2f})" if exp is not None else "")
+        ax_time.plot(ns, [m.ms for m in pts], marker="o", label=label)
+        ax_mem.plot(ns, [max(m.peak_mib, 1e-3) for m in pts], marker="o", label=variant)
+    s = result.spec
+    for ax, ylabel in ((ax_time, "forward+backward time (ms)"), (ax_mem, "peak memory (MiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length n")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{s.device} {s.dtype}, B={s.batch} H={s.heads} D={s.head_dim}")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def log_to_mlflow(result: BenchResult, tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT) -> dict[str, str]:
+    """One MLflow run per variant: metrics stepped by n, the growth exponent, the log-log PNG.
+
+    Returns ``{variant: run_id}``.
+    """
+    import tempfile
+
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    s = result.spec
+    run_ids = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        png = plot_loglog(result, Path(tmp) / "bench_loglog.png")
+        for variant in result.variants():
+            with mlflow.start_run(run_name=f"bench/{variant}") as run:
+                mlflow.set_tags({"attnbench.attention": variant, "attnbench.kind": "bench"})
+                mlflow.log_params({
+                    "variant": variant, "device": s.device, "dtype": s.dtype, "batch": s.batch,
+                    "heads": s.heads, "head_dim": s.head_dim, "lengths": ",".join(map(str, s.lengths)),
+                    "options": json.dumps(s.options.get(variant, {}), sort_keys=True),
+                })
+                for m in result.of(variant):
+                    mlflow.log_metrics({"time_ms": m.ms, "peak_mib": m.peak_mib, "ratio_to_sdpa": m.ratio_to_sdpa}, step=m.n)
+                exp = result.growth_exponent(variant)
+                if exp is not None:
+                    mlflow.log_metric("growth_exponent", exp)
+                mlflow.log_artifact(str(png))
+                run_ids[variant] = run.info.run_id
+    return run_ids
+
+
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--worker":
+    print(json.dumps(_worker(json.loads(sys.argv[2]))))
