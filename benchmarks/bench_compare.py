@@ -76,6 +76,10 @@ def main() -> None:
               f"(target <= {TARGET_S:.0f} s: {'OK' if total <= TARGET_S else 'MISSED'}; "
               f"{total / TARGET_S:.2f} of the budget)")
         print(f"unfinished runs listed separately: {len(full.unfinished)}")
+        for task in TASKS:  # where the significance time goes
+            subset = [r for r in records if r.task == task]
+            _, task_s = timed(lambda: compare.summarize(subset, experiment="big", client=client))
+            print(f"  significance + aggregation, {task:<11} ({len(subset)} runs): {task_s:6.2f} s")
 
 
 if __name__ == "__main__":

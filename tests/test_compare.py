@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -20,12 +21,18 @@ from attnbench.synthetic_runs import create_parent, log_child_run
 SEEDS = (0, 1, 2)
 
 
+def store_client(folder, migrated_store):
+    """A client on a copy of the session's migrated SQLite store (migrating one costs ~10 s)."""
+    shutil.copyfile(migrated_store, folder / "mlflow.db")
+    return MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+
+
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory):
+def grid(tmp_path_factory, migrated_store):
     """One experiment "quick": sentiment with a weak and a strong rnn, a strong and a middling
     transformer and failed runs; translation with a baseline and a strong transformer."""
     root = tmp_path_factory.mktemp("mlruns")
-    client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    client = store_client(root, migrated_store)
     exp = client.create_experiment("quick", artifact_location=str(root / "artifacts"))
     parent = create_parent(client, exp, "quick", "name: quick\n")
     for seed in SEEDS:
@@ -182,7 +189,7 @@ def cli_app():
 
 def test_command_writes_files_and_logs_the_summary_to_the_parent(grid, tmp_path):
     client, exp, parent, second = grid
-    uri = client.tracking_uri if hasattr(client, "tracking_uri") else client._tracking_client.tracking_uri
+    uri = client._tracking_client.tracking_uri
     result = CliRunner().invoke(cli_app(), ["--experiment", "quick", "--format", "json", "--out", str(tmp_path),
                                             "--tracking-uri", uri, "--run", parent])
     assert result.exit_code == 0, result.output
@@ -207,9 +214,9 @@ def test_unknown_experiment_and_missing_target_are_bad_input(grid):
     assert result.exit_code == 2 and "table, markdown, csv, json" in result.output
 
 
-def test_qa_significance_uses_the_squad_metric(tmp_path):
+def test_qa_significance_uses_the_squad_metric(tmp_path, migrated_store):
     pytest.importorskip("attnbench.plugins.tasks.squad_metric", reason="the qa task's squad_metric module is not there yet")
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    client = store_client(tmp_path, migrated_store)
     exp = client.create_experiment("qa-grid", artifact_location=str(tmp_path / "artifacts"))
     parent = create_parent(client, exp, "qa-grid")
     for seed in (0, 1):
@@ -218,3 +225,17 @@ def test_qa_significance_uses_the_squad_metric(tmp_path):
     qa = compare.compare_experiment(client, "qa-grid").tasks[0]
     strong = row(qa, "transformer-multihead")
     assert strong.p_value is not None and strong.significant
+
+
+def test_grid_file_names_the_experiment(grid, tmp_path):
+    client, *_ = grid
+    grid_file = tmp_path / "quick.yaml"
+    grid_file.write_text("name: quick\ngrid:\n  task: [sentiment]\n  model: [{family: rnn, cell: lstm}]\n")
+    result = CliRunner().invoke(cli_app(), [str(grid_file), "--format", "csv", "--no-log", "--no-significance",
+                                            "--tracking-uri", client._tracking_client.tracking_uri])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert {r["task"] for r in rows} == {"sentiment", "translation"}
+    assert all(r["p_value"] == "" for r in rows)
+    missing = CliRunner().invoke(cli_app(), [str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2 and "nope.yaml" in missing.output

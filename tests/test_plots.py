@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import tempfile
+import shutil
 
 import numpy as np
 import pytest
@@ -138,7 +138,7 @@ def test_efficiency_figure_plots_stepped_metrics_per_run():
     assert plots.efficiency_figure({}) is None
 
 
-def test_log_run_pictures_logs_curves_and_attention_maps(tmp_path):
+def test_log_run_pictures_logs_curves_and_attention_maps(tmp_path, migrated_store):
     from mlflow.tracking import MlflowClient
 
     from attnbench.models import ModelDims
@@ -159,6 +159,7 @@ def test_log_run_pictures_logs_curves_and_attention_maps(tmp_path):
     class Result:
         history = {"train/loss": [(0, 1.0), (1, 0.8)], "val/accuracy": [(0, 0.5)]}
 
+    shutil.copyfile(migrated_store, tmp_path / "mlflow.db")
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     exp = client.create_experiment("pics", artifact_location=str(tmp_path / "artifacts"))
     run_id = client.create_run(exp).info.run_id
