@@ -60,6 +60,8 @@ class TrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "off", "bf16"] = Field("auto", description="auto: bf16 autocast on cuda")
     save_checkpoint: bool = True
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads for torch (default: torch's choice); 1 is often fastest for tiny models")
 
 
 class ExperimentFile(BaseModel):
@@ -111,7 +113,7 @@ class RunSpec:
         # Settings that do not change results stay out of the key, so changing them
         # does not force a re-run.
         config = self.resolved()
-        for cosmetic in ("log_every", "save_checkpoint", "device"):
+        for cosmetic in ("log_every", "save_checkpoint", "device", "threads"):
             config["train"].pop(cosmetic, None)
         blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

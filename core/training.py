@@ -102,6 +102,8 @@ def fit(
 ) -> FitResult:
     """Train ``model`` on ``task`` under ``cfg``; return timings and the test evaluation."""
     generator = seed_everything(seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = max(1, planned_steps(task, cfg))
