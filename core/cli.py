@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_bench import bench
+from .cli_compare import compare
 from .errors import AttnbenchError, BadInputError
 
 app = typer.Typer(
@@ -181,19 +183,9 @@ def ui(
         raise typer.Exit(code)
 
 
-def _register_optional_commands() -> None:
-    """Commands whose implementation lives in their own modules."""
-    with contextlib.suppress(ImportError):
-        from .cli_bench import bench
-
-        app.command("bench")(bench)
-    with contextlib.suppress(ImportError):
-        from .cli_compare import compare
-
-        app.command("compare")(compare)
-
-
-_register_optional_commands()
+# Commands whose implementation lives in modules of their own.
+app.command("bench")(bench)
+app.command("compare")(compare)
 
 
 def main() -> None:
