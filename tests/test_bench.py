@@ -1,0 +1,74 @@
+"""``attnbench bench`` on tiny shapes: JSON rows, MLflow runs and metrics, flag validation."""
+
+import json
+
+import mlflow
+import pytest
+from typer.testing import CliRunner
+
+from attnbench.bench import BenchSpec, growth_exponent
+from attnbench.errors import BadInputError
+
+
+def bench_app():
+    import typer
+
+    from attnbench.cli_bench import bench
+
+    app = typer.Typer()
+    app.command()(bench)
+    app.command("noop")(lambda: None)  # two commands keep typer from flattening "bench"
+    return app
+
+
+def test_growth_exponent_recovers_a_power_law():
+    ns = [512, 1024, 2048, 4096]
+    assert growth_exponent(ns, [3e-6 * n ** 1.7 for n in ns]) == pytest.approx(1.7)
+    assert growth_exponent([512], [1.0]) is None
+
+
+def test_bench_json_and_mlflow(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = CliRunner().invoke(bench_app(), [
+        "bench", "--attention", "sparse", "--lengths", "64,128", "--heads", "2", "--head-dim", "8",
+        "--json", "--tracking-uri", uri, "--experiment", "bench-test",
+    ])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert {(r["variant"], r["n"]) for r in rows} == {(v, n) for v in ("sdpa", "sparse") for n in (64, 128)}
+    for row in rows:
+        assert row["ms"] > 0 and row["peak_mib"] >= 0 and row["heads"] == 2
+        assert row["ratio_to_sdpa"] == pytest.approx(row["ms"] / next(
+            r["ms"] for r in rows if r["variant"] == "sdpa" and r["n"] == row["n"]))
+        assert isinstance(row["growth_exponent"], float)
+
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("bench-test")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.tags["attnbench.attention"] for r in runs) == ["sdpa", "sparse"]
+    for run in runs:
+        history = client.get_metric_history(run.info.run_id, "time_ms")
+        assert sorted(m.step for m in history) == [64, 128]
+        assert {"peak_mib", "ratio_to_sdpa", "growth_exponent"} <= set(run.data.metrics)
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["bench_loglog.png"]
+
+
+@pytest.mark.parametrize("spec, words", [
+    (BenchSpec(variants=["multihed"], lengths=[64]), "did you mean 'multihead'"),
+    (BenchSpec(variants=["lsh"], lengths=[0]), "--lengths"),
+    (BenchSpec(variants=["lsh"], lengths=[64], dtype="float16"), "--dtype"),
+    (BenchSpec(variants=["lsh"], lengths=[64], device="tpu"), "--device"),
+    (BenchSpec(variants=["sparse"], lengths=[64], options={"sparse": {"window": -1}}), "options.sparse.window"),
+])
+def test_bad_bench_input_is_named(spec, words):
+    from attnbench.plugin_host import get_host
+
+    with pytest.raises(BadInputError, match=words):
+        spec.validate(get_host())
+
+
+def test_bad_lengths_flag_exits_with_a_message(tmp_path):
+    result = CliRunner().invoke(bench_app(), ["bench", "--lengths", "64,abc", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, BadInputError) and "--lengths" in str(result.exception)
