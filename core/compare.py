@@ -49,6 +49,7 @@ class RunRecord:
     artifact_uri: str
     parent_run_id: str | None
     start_time: int = 0
+    error: str = ""  # the runner's attnbench.error tag on FAILED runs
 
 
 @dataclass
@@ -128,7 +129,7 @@ class Comparison:
 
 def _unfinished_dict(r: RunRecord) -> dict:
     return {"run_id": r.run_id, "name": r.name, "status": r.status, "task": r.task,
-            "model": r.model, "seed": r.seed}
+            "model": r.model, "seed": r.seed, "error": r.error}
 
 
 def _run_record(run) -> RunRecord:
@@ -151,6 +152,7 @@ def _run_record(run) -> RunRecord:
         artifact_uri=run.info.artifact_uri,
         parent_run_id=tags.get("mlflow.parentRunId"),
         start_time=run.info.start_time or 0,
+        error=tags.get("attnbench.error", ""),
     )
 
 

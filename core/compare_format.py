@@ -96,11 +96,16 @@ def footnote(comparison: Comparison) -> str:
 
 
 def unfinished_rows(comparison: Comparison) -> list[list[str]]:
-    return [[r.task, r.model, "" if r.seed is None else str(r.seed), r.status, r.name, r.run_id]
+    return [[r.task, r.model, "" if r.seed is None else str(r.seed), r.status, r.run_id, _short(r.error)]
             for r in comparison.unfinished]
 
 
-UNFINISHED_HEADER = ["task", "model", "seed", "status", "run name", "run id"]
+def _short(text: str, limit: int = 100) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+UNFINISHED_HEADER = ["task", "model", "seed", "status", "run id", "error"]
 
 
 def to_markdown(comparison: Comparison) -> str:

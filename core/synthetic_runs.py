@@ -141,6 +141,7 @@ def log_child_run(client, experiment_id: str, parent_run_id: str, *, task: str, 
     elif status == "FAILED":
         client.log_text(run_id, "Traceback (most recent call last):\nRuntimeError: synthetic failure\n",
                         "traceback.txt")
+        client.set_tag(run_id, "attnbench.error", "RuntimeError: synthetic failure")
     for i in range(0, len(metrics), 900):  # log_batch takes at most 1000 entries
         client.log_batch(run_id, metrics=metrics[i:i + 900])
     client.set_terminated(run_id, status)

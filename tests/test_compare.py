@@ -161,6 +161,7 @@ def test_each_format_parses(summary):
     data = json.loads(compare_format.render(summary, "json"))
     assert {t["task"] for t in data["tasks"]} == {"sentiment", "translation"}
     assert {r["status"] for r in data["unfinished"]} == {"FAILED", "KILLED"}
+    assert {r["error"] for r in data["unfinished"]} == {"RuntimeError: synthetic failure", ""}
 
     rows = list(csv.DictReader(io.StringIO(compare_format.render(summary, "csv"))))
     assert len(rows) == sum(len(t.rows) for t in summary.tasks)
@@ -172,7 +173,8 @@ def test_each_format_parses(summary):
     table_lines = [line for line in md.splitlines() if line.startswith("|")]
     header_cells = {line.count("|") for line in table_lines if "model" in line and "test/" in line}
     assert len(header_cells) >= 1
-    assert "sentiment/transformer-lsh/seed0" in md and "KILLED" in md
+    killed = next(r for r in summary.unfinished if r.status == "KILLED")
+    assert killed.run_id in md and "KILLED" in md
 
     text = compare_format.render(summary, "table")
     assert "transformer-multihead" in text and "baseline" in text and "*" in text
