@@ -15,7 +15,6 @@ from attnbench.plugins.tasks import synthetic_sentiment
 from attnbench.plugins.tasks.sentiment import SentimentTask
 
 torch.set_num_threads(1)
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DIMS = ModelDims(d_model=32, n_layers=1, n_heads=4, dropout=0.0)
 
 
@@ -138,21 +137,3 @@ def test_unlabelled_split_is_a_clear_error(tmp_path):
     task = make_task(tmp_path, data={"source": "datasets", "path": str(data)})
     with pytest.raises(BadInputError, match=r"split 'test' row 0 has label -1.*splits\.test=validation"):
         task.prepare()
-
-
-@pytest.mark.realdata
-def test_sst2_smoke(tmp_path):
-    if not (SHARED_DATA / "sst2").is_dir():
-        pytest.skip(f"real SST-2 data not found at {SHARED_DATA / 'sst2'} (../shared/data is absent)")
-    task = make_task(tmp_path, data={"source": "datasets", "path": str(SHARED_DATA / "sst2"), "splits": {"test": "validation"},
-                                     "n_train": 200, "n_validation": 50, "n_test": 50},
-                     tokenizer={"vocab_size": 500})
-    model = build(task, "rnn")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    for batch in task.batches("train", 32, shuffle=False):
-        loss = task.loss(model, batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    ev = task.evaluate(model, "test", batch_size=50, device=torch.device("cpu"))
-    assert 0.0 <= ev.metrics["accuracy"] <= 1.0 and len(ev.predictions) == 50

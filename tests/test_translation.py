@@ -2,7 +2,6 @@
 
 import gzip
 import json
-from pathlib import Path
 
 import pytest
 import sacrebleu
@@ -17,7 +16,6 @@ from attnbench.plugins.tasks.seq2seq_decoding import beam_search, greedy_search
 from attnbench.plugins.tasks.translation import TranslationTask, bucket_names
 
 torch.set_num_threads(1)
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DIMS = ModelDims(d_model=32, n_layers=1, n_heads=4, dropout=0.0)
 CPU = torch.device("cpu")
 
@@ -207,18 +205,3 @@ def test_loads_local_files_with_column_mapping(tmp_path):
     missing = make_task(tmp_path, data={"source": "datasets", "path": str(data)})
     with pytest.raises(BadInputError, match=r"columns: dataset has no column\(s\) \['source', 'target'\]"):
         missing.prepare()
-
-
-@pytest.mark.realdata
-def test_multi30k_smoke(tmp_path):
-    if not (SHARED_DATA / "multi30k").is_dir():
-        pytest.skip(f"real Multi30k data not found at {SHARED_DATA / 'multi30k'} (../shared/data is absent)")
-    task = make_task(tmp_path, data={"source": "datasets", "path": str(SHARED_DATA / "multi30k"),
-                                     "columns": {"source": "de", "target": "en"},
-                                     "n_train": 300, "n_validation": 10, "n_test": 20},
-                     tokenizer={"vocab_size": 800}, max_len=40)
-    _, model = build(task)
-    losses = train_steps(task, model, 5)
-    assert losses[-1] < losses[0]
-    ev = task.evaluate(model, "test", batch_size=20, device=CPU)
-    assert 0.0 <= ev.metrics["bleu"] <= 100.0 and len(ev.predictions) == 20

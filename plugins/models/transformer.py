@@ -78,16 +78,21 @@ class LearnedPositions(nn.Module):
 
 
 class Embedder(nn.Module):
-    """Token embedding plus position codes, then dropout."""
+    """Token embedding plus position codes, then dropout.
+
+    Learned positions start at the same small scale as token embeddings (nanoGPT); fixed
+    sinusoids have unit amplitude, so tokens are scaled up by sqrt(d_model) to match them
+    (Vaswani et al.)."""
 
     def __init__(self, tokens: nn.Embedding, positions: nn.Module, dropout: float):
         super().__init__()
         self.tokens = tokens
         self.positions = positions
         self.dropout = nn.Dropout(dropout)
+        self.token_scale = math.sqrt(tokens.embedding_dim) if isinstance(positions, SinusoidalPositions) else 1.0
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.tokens(ids) * math.sqrt(self.tokens.embedding_dim)
+        x = self.tokens(ids) * self.token_scale
         return self.dropout(x + self.positions(ids.shape[1], ids.device))
 
 

@@ -16,7 +16,6 @@ import math
 from typing import Literal
 
 import sacrebleu
-import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
