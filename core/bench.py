@@ -123,9 +123,12 @@ def growth_exponent(lengths: list[int], times: list[float]) -> float | None:
 def measure(variant: str, n: int, spec: BenchSpec, timeout: float = 1800) -> Measurement:
     """Measure one (variant, length) point in a fresh interpreter; errors come back as AttnbenchError."""
     job = {"variant": variant, "n": n, "spec": asdict(spec)}
+    # A fixed mmap threshold makes glibc return freed large blocks to the OS at once, so the
+    # peak RSS follows live tensors instead of whatever the heap kept cached.
+    env = {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024)} | os.environ
     proc = subprocess.run(
         [sys.executable, "-m", "attnbench.bench", "--worker", json.dumps(job)],
-        capture_output=True, text=True, timeout=timeout, env=os.environ.copy(),
+        capture_output=True, text=True, timeout=timeout, env=env,
     )
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]

@@ -80,26 +80,83 @@ def _look_one_back(t: torch.Tensor) -> torch.Tensor:
 
 
 class _PermuteRows(torch.autograd.Function):
-    """``t.index_select(0, index)`` where ``index`` permutes the rows within each round.
+    """``t.index_select(0, index)`` for a permutation ``index`` whose inverse is ``inverse``.
 
-    The backward is the inverse permutation, plus a sum over the rounds when the forward
-    fanned each row out to every round (input rows (heads, positions), output rows
-    (heads, rounds, positions)): much cheaper on the CPU than index_select's scatter-add.
+    The backward is the inverse permutation: much cheaper on the CPU than index_select's
+    scatter-add backward.
     """
 
     @staticmethod
-    def forward(ctx, t, index, inverse, rounds, positions):
+    def forward(ctx, t, index, inverse):
         ctx.save_for_backward(inverse)
-        ctx.rounds, ctx.positions = rounds, positions
         return t.index_select(0, index)
 
     @staticmethod
     def backward(ctx, grad):
         (inverse,) = ctx.saved_tensors
-        g = grad.index_select(0, inverse)
-        if ctx.rounds > 1:
-            g = g.view(-1, ctx.rounds, ctx.positions, g.shape[-1]).sum(dim=1).view(-1, g.shape[-1])
-        return g, None, None, None, None
+        return grad.index_select(0, inverse), None, None
+
+
+def _fold_back(grad: torch.Tensor) -> torch.Tensor:
+    """Gradient of :func:`_look_one_back`: (.., n_chunks, 2c, X) -> (.., n_chunks, c, X)."""
+    if grad.shape[-3] == 1:
+        return grad
+    c = grad.shape[-2] // 2
+    return grad[..., c:, :] + grad[..., :c, :].roll(-1, dims=-3)
+
+
+def _self_mask(chunk: int, m: int, device) -> torch.Tensor:
+    """(chunk, m) bool: each query's own key, on the diagonal of the own-chunk columns (the last ``chunk``)."""
+    return torch.arange(m, device=device)[None, :] == torch.arange(chunk, device=device)[:, None] + (m - chunk)
+
+
+class _ChunkAttention(torch.autograd.Function):
+    """Each sorted chunk attends to itself and the previous chunk; returns (out, lse, probs).
+
+    Written out by hand for memory: autograd would keep the doubled (look-back) keys and
+    values and the scores beside the probabilities. Here only the chunked queries, keys,
+    values and the probabilities are kept, and the look-back copies are rebuilt in backward.
+    Softmax and log-sum-exp share one gradient: ``ds = p * (dp - sum(dp * p) + dlse)``.
+    """
+
+    @staticmethod
+    def forward(ctx, sq, sk, sv, hidden, dropout_p):
+        scores = sq @ _look_one_back(sk).transpose(-1, -2)  # (.., n_chunks, chunk, m)
+        if scores.dtype in (torch.float16, torch.bfloat16):
+            scores = scores.float()
+        if hidden is not None:
+            scores.masked_fill_(hidden, torch.finfo(scores.dtype).min)
+        self_mask = _self_mask(scores.shape[-2], scores.shape[-1], sq.device)
+        scores.masked_fill_(self_mask, SELF_SCORE)
+        lse = scores.logsumexp(dim=-1, keepdim=True)
+        probs = scores.sub_(lse).exp_()
+        keep = torch.rand_like(probs) >= dropout_p if dropout_p > 0 else None
+        dropped = probs if keep is None else probs * keep / (1 - dropout_p)
+        out = dropped.to(sv.dtype) @ _look_one_back(sv)
+        ctx.save_for_backward(sq, sk, sv, probs, keep)
+        ctx.dropout_p = dropout_p
+        ctx.mark_non_differentiable(probs)
+        return out, lse, probs
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse, _grad_probs):
+        sq, sk, sv, probs, keep = ctx.saved_tensors
+        p = ctx.dropout_p
+        dropped = probs if keep is None else probs * keep / (1 - p)
+        grad_sv = _fold_back(dropped.to(sv.dtype).transpose(-1, -2) @ grad_out)
+        del dropped
+        grad_scores = (grad_out @ _look_one_back(sv).transpose(-1, -2)).to(probs.dtype)  # d(dropped)
+        if keep is not None:
+            grad_scores.mul_(keep).div_(1 - p)
+        shift = -(grad_scores * probs).sum(dim=-1, keepdim=True)
+        if grad_lse is not None:
+            shift += grad_lse
+        grad_scores.add_(shift).mul_(probs)
+        grad_scores.masked_fill_(_self_mask(probs.shape[-2], probs.shape[-1], probs.device), 0.0)
+        grad_scores = grad_scores.to(sq.dtype)
+        grad_sq = grad_scores @ _look_one_back(sk)
+        grad_sk = _fold_back(grad_scores.transpose(-1, -2) @ sq)
+        return grad_sq, grad_sk, grad_sv, None, None
 
 
 def lsh_attention(qk, v, options: LSHOptions, *, key_padding_mask=None, causal=False, dropout_p=0.0,
@@ -127,61 +184,58 @@ def lsh_attention(qk, v, options: LSHOptions, *, key_padding_mask=None, causal=F
     pos = torch.arange(n_pad, device=qk.device)
     order = (buckets * n_pad + pos).argsort(dim=-1)  # (B, H, R, n_pad): sorted slot -> position
     undo = order.argsort(dim=-1)  # position -> sorted slot
-    # Row gathers (index_select) on flattened tensors: far cheaper than element-wise gather.
-    head_offset = (torch.arange(b * h, device=qk.device) * n_pad).view(b, h, 1, 1)
-    sort_index = (order + head_offset).flatten()
-    slot_offset = (torch.arange(b * h * rounds, device=qk.device) * n_pad).view(b, h, rounds, 1)
-    unsort_index = (undo + slot_offset).flatten()
-    resort_index = (order + slot_offset).flatten()
-
-    def sort(t):  # (B, H, n_pad, X) -> (B, H, R, n_chunks, chunk, X)
-        rows = _PermuteRows.apply(t.reshape(b * h * n_pad, -1), sort_index, unsort_index, rounds, n_pad)
-        return rows.view(b, h, rounds, n_chunks, chunk, -1)
-
-    def unsort(t):  # (B, H, R, n_chunks, chunk, X) -> (B, H, R, n_pad, X)
-        rows = _PermuteRows.apply(t.reshape(b * h * rounds * n_pad, -1), unsort_index, resort_index, 1, n_pad)
-        return rows.view(b, h, rounds, n_pad, -1)
-
-    sq = sort(qk * (1.0 / math.sqrt(d)))
-    sk = _look_one_back(F.normalize(sq, dim=-1))  # normalising also undoes the scale
-    sv = _look_one_back(sort(v))
+    head_offset = (torch.arange(b * h, device=qk.device) * n_pad).view(b, h, 1)
     q_pos = order.view(b, h, rounds, n_chunks, chunk)
     k_pos = _look_one_back(q_pos[..., None]).squeeze(-1)
-
-    scores = sq @ sk.transpose(-1, -2)  # (B, H, R, n_chunks, chunk, m)
-    if scores.dtype in (torch.float16, torch.bfloat16):
-        scores = scores.float()
-    hidden = None
+    k_valid = None
     if not bool(valid.all()):
-        batch_offset = (torch.arange(b, device=qk.device) * n_pad).view(b, 1, 1, 1)
-        k_valid = valid.view(-1).index_select(0, (order + batch_offset).flatten())
-        hidden = ~_look_one_back(k_valid.view(b, h, rounds, n_chunks, chunk, 1)).squeeze(-1)[..., None, :]
-    if causal:
-        future = k_pos[..., None, :] > q_pos[..., :, None]
-        hidden = future if hidden is None else hidden | future
-    if hidden is not None:
-        scores.masked_fill_(hidden, torch.finfo(scores.dtype).min)
-    # Each query's own key sits on the diagonal of the own-chunk columns (the last `chunk`).
-    m = scores.shape[-1]
-    self_mask = torch.arange(m, device=qk.device)[None, :] == torch.arange(chunk, device=qk.device)[:, None] + (m - chunk)
-    scores.masked_fill_(self_mask, SELF_SCORE)
+        k_valid = valid.gather(1, order.view(b, -1)).view(b, h, rounds, n_chunks, chunk, 1)
+        k_valid = _look_one_back(k_valid).squeeze(-1)
+    qk_rows = (qk * (1.0 / math.sqrt(d))).reshape(b * h * n_pad, d)
+    v_rows = v.reshape(b * h * n_pad, d)
 
-    # Each round is normalised on its own (exact even when only the -5e4 self score is
-    # visible), then the rounds are mixed with weights softmax(their log-sum-exps).
-    lse = scores.logsumexp(dim=-1, keepdim=True)
-    probs = torch.exp(scores - lse)
-    dropped = F.dropout(probs, p=dropout_p) if dropout_p > 0 else probs
-    out_sorted = dropped.to(v.dtype) @ sv  # (B, H, R, n_chunks, chunk, D)
-    round_weight = torch.softmax(unsort(lse), dim=2)  # (B, H, R, n_pad, 1)
-    out = (unsort(out_sorted) * round_weight.to(v.dtype)).sum(dim=2)[:, :, :n]
+    # One round at a time: the n x 2*chunk temporaries of a round are freed before the next.
+    outs, lses, probs_kept = [], [], []
+    for r in range(rounds):
+        to_sorted = (order[:, :, r] + head_offset).flatten()  # sorted slot -> row
+        to_position = (undo[:, :, r] + head_offset).flatten()  # position -> sorted slot
+        hidden = None if k_valid is None else ~k_valid[:, :, r, :, None, :]
+        if causal:
+            future = k_pos[:, :, r, :, None, :] > q_pos[:, :, r, :, :, None]
+            hidden = future if hidden is None else hidden | future
+        out_r, lse_r, probs_r = _attend_round(
+            _PermuteRows.apply(qk_rows, to_sorted, to_position).view(b, h, n_chunks, chunk, d),
+            _PermuteRows.apply(v_rows, to_sorted, to_position).view(b, h, n_chunks, chunk, d),
+            hidden, dropout_p,
+        )
+        unsort = lambda t: _PermuteRows.apply(t.reshape(b * h * n_pad, -1), to_position, to_sorted).view(b, h, n_pad, -1)
+        outs.append(unsort(out_r))
+        lses.append(unsort(lse_r))
+        if need_weights:
+            probs_kept.append(probs_r)
+
+    # Each round was normalised on its own (exact even when only the -5e4 self score is
+    # visible); the rounds are mixed with weights softmax(their log-sum-exps).
+    round_weight = torch.softmax(torch.stack(lses), dim=0)  # (R, B, H, n_pad, 1)
+    out = sum(o * w.to(v.dtype) for o, w in zip(outs, round_weight.unbind(0)))[:, :, :n]
     weights = None
     if need_weights:
+        probs = torch.stack(probs_kept, dim=2)  # (B, H, R, n_chunks, chunk, m)
         flat_index = (q_pos[..., :, None] * n_pad + k_pos[..., None, :]).reshape(b, h, -1)
+        sorted_weight = round_weight.squeeze(-1).permute(1, 2, 0, 3).gather(3, order)  # weight at each sorted slot
         dense = probs.new_zeros(b, h, n_pad * n_pad)
-        sorted_weight = round_weight.squeeze(-1).gather(3, order)  # round weight at each sorted slot
-        dense.scatter_add_(-1, flat_index, (probs * sorted_weight.view(b, h, rounds, n_chunks, chunk, 1)).reshape(b, h, -1))
+        dense.scatter_add_(-1, flat_index, (probs * sorted_weight.reshape(b, h, rounds, n_chunks, chunk, 1)).reshape(b, h, -1))
         weights = dense.view(b, h, n_pad, n_pad)[:, :, :n, :n].to(v.dtype)
     return out, weights
+
+
+def _attend_round(sq, sv, hidden, dropout_p):
+    """One hashing round on sorted (B, H, n_chunks, chunk, D) queries and values.
+
+    Returns (out (.., chunk, D), lse (.., chunk, 1), probs (.., chunk, m)).
+    """
+    sk = F.normalize(sq, dim=-1)  # keys are the normalised shared vectors (this also undoes the scale)
+    return _ChunkAttention.apply(sq, sk, sv, hidden, dropout_p)
 
 
 class LSHAttention(Attention):
