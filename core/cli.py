@@ -174,7 +174,9 @@ def ui(
         host = host or tracking.ui.host
         port = port or tracking.ui.port
         cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-               "--default-artifact-root", artifact_root(tracking), "--host", host, "--port", str(port)]
+               "--default-artifact-root", artifact_root(tracking), "--host", host, "--port", str(port),
+               # one worker: a personal UI needs no more, and it starts in seconds on small machines
+               "--workers", os.environ.get("MLFLOW_WORKERS", "1")]
         console.print(f"MLflow UI for {uri} at [bold]http://{host}:{port}[/bold] (Ctrl-C stops it)")
         try:
             code = subprocess.call(cmd)
