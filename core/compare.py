@@ -99,11 +99,16 @@ class TaskSummary:
     significance_method: str
     rows: list[ModelRow]
 
-    def metric_names(self) -> list[str]:
-        """Primary metric first, then the other test metrics (length buckets left out)."""
+    def metric_names(self, headline: bool = False) -> list[str]:
+        """Primary metric first, then the other test metrics. ``headline`` leaves out the
+        breakdowns of the primary metric (``<primary>_*``: per length bucket, per construction),
+        which would not fit a terminal."""
         names = {m for row in self.rows for m in row.metrics}
         primary = f"test/{self.primary_metric}"
-        return [primary] + sorted(n for n in names if n != primary)
+        rest = sorted(n for n in names if n != primary)
+        if headline:
+            rest = [n for n in rest if not n.startswith(primary + "_")]
+        return [primary] + rest
 
 
 @dataclass

@@ -63,7 +63,7 @@ def task_header(task: TaskSummary, compact: bool = False) -> list[str]:
     """Column names; ``compact`` drops family and attention (the model label carries them)."""
     base = task.baseline or "baseline"
     if compact:  # the title says these are test metrics and names the baseline
-        return (["model", "n"] + [m.removeprefix("test/") for m in task.metric_names()]
+        return (["model", "n"] + [m.removeprefix("test/") for m in task.metric_names(headline=True)]
                 + list(PERF_HEADERS.values()) + ["Δ", "p"])
     return (["model", "family", "attention", "n"] + task.metric_names() + list(PERF_HEADERS.values())
             + [f"Δ {task.primary_metric} vs {base}", "p"])
@@ -72,7 +72,7 @@ def task_header(task: TaskSummary, compact: bool = False) -> list[str]:
 def task_cells(task: TaskSummary, row: ModelRow, compact: bool = False) -> list[str]:
     ids = [row.model, str(row.n)] if compact else [row.model, row.family, row.attention, str(row.n)]
     return (ids
-            + [stat_cell(row.metrics.get(m), row.n) for m in task.metric_names()]
+            + [stat_cell(row.metrics.get(m), row.n) for m in task.metric_names(headline=compact)]
             + [perf_cell(k, row.perf.get(k)) for k in PERF_HEADERS]
             + [delta_cell(row, f"test/{task.primary_metric}"), p_cell(row)])
 
