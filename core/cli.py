@@ -106,12 +106,14 @@ def _grid_text(grid_file: Path, raw: dict, overrides: list[str]) -> str:
 
 
 def _print_dry_run(experiment, specs) -> None:
-    table = Table(title=f"{experiment.name}: {len(specs)} runs (dry run, nothing trained)")
-    for col in ("#", "run name", "run_key", "attention", "epochs", "max_steps"):
-        table.add_column(col, no_wrap=col in ("run name", "run_key"))
+    train = experiment.train
+    table = Table(title=f"{experiment.name}: {len(specs)} runs (dry run, nothing trained)", title_justify="left",
+                  caption=f"every run: epochs={train.epochs} max_steps={train.max_steps} batch_size={train.batch_size} "
+                          f"lr={train.lr}", caption_justify="left")
+    for col in ("#", "run name", "run_key"):
+        table.add_column(col, no_wrap=True)
     for i, spec in enumerate(specs, 1):
-        attention = spec.family_options.model_dump().get("attention", "none")
-        table.add_row(str(i), spec.run_name, spec.run_key, str(attention), str(spec.train.epochs), str(spec.train.max_steps))
+        table.add_row(str(i), spec.run_name, spec.run_key)
     console.print(table)
 
 
