@@ -10,9 +10,9 @@ from attnbench.plugin_host import discover
 torch.set_num_threads(1)
 
 DIMS = ModelDims(d_model=32, n_layers=2, n_heads=4, dropout=0.0)
-FAMILIES = [("transformer", {}), ("transformer", {"positions": "sinusoidal"}), ("rnn", {}),
+FAMILIES = [("transformer", {}), ("transformer", {"positions": "learned"}), ("rnn", {}),
             ("rnn", {"cell": "gru", "bidirectional": False})]
-IDS = ["transformer", "transformer-sinusoidal", "rnn-lstm", "rnn-gru-uni"]
+IDS = ["transformer", "transformer-learned", "rnn-lstm", "rnn-gru-uni"]
 
 
 @pytest.fixture(scope="module")

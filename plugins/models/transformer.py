@@ -31,7 +31,10 @@ class TransformerOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     attention: str = Field("multihead", description="registered attention variant used in every slot")
     attention_options: dict = Field(default_factory=dict, description="options of that variant")
-    positions: Literal["learned", "sinusoidal"] = "learned"
+    # Sinusoids (Vaswani et al.) by default: a fixed offset between two positions is the same
+    # linear map everywhere, so tiny models learn position-based alignment (translation) in a
+    # few hundred steps; separate learned tables for encoder and decoder take far longer.
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
 
 
 # ---------------------------------------------------------------------------- building blocks
