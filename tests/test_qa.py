@@ -14,7 +14,7 @@ from attnbench.data import CLS, SEP
 from attnbench.errors import BadInputError
 from attnbench.plugins.tasks import squad_metric
 from attnbench.plugins.tasks.qa import QAOptions, QATask, answer_token_span, best_spans, window_starts
-from attnbench.plugins.tasks.synthetic_qa import PLACES, StoryOptions, generate
+from attnbench.plugins.tasks.synthetic_qa import NAMES, PLACES, StoryOptions, generate
 
 torch.set_num_threads(1)
 
@@ -138,6 +138,40 @@ def test_long_contexts_become_windows_that_keep_the_answer(tmp_path):
     assert set(batch.tensors) == {"tokens", "padding_mask", "start", "end"}
     assert batch.n_tokens == int((~batch["padding_mask"]).sum())
     assert all(windows[i].start is not None for i in batch.ids)
+
+
+def test_default_stories_fit_one_window_and_gold_tokens_are_the_answer(tmp_path):
+    raw = {"data": {"n_train": 200, "n_validation": 40, "n_test": 40}}  # default tokenizer and story
+    task = QATask(QATask.parse_options(raw, "tasks.qa"), cache_dir=tmp_path)
+    task.prepare()
+    vocab = task.tokenizer.get_vocab()
+    for word in PLACES + NAMES:  # one token each, so a span never cuts a word and names bind by id
+        assert f"\u2581{word.lower()}" in vocab
+    for split in ("train", "test"):
+        windows = task.windows[split]
+        assert len(windows) == len(task.examples[split])  # one window per story
+        for w in windows:
+            ex = task.examples[split][w.example]
+            assert w.start == w.end
+            assert task.tokenizer.decode(w.ids[w.start: w.end + 1]).strip() == ex.answers[0]
+            name = ex.question.split()[2].rstrip("?").lower()
+            assert task.tokenizer.id_to_token(w.ids[w.start - 4]) == f"\u2581{name}"  # "<name> <verb> to the <place>"
+    batch = next(task.batches("train", 8, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    for row, i in enumerate(batch.ids):
+        w = task.windows["train"][i]
+        assert (int(batch["start"][row]), int(batch["end"][row])) == (w.start, w.end)
+        assert int((~batch["padding_mask"][row]).sum()) == len(w.ids)
+        assert batch["tokens"][row, : len(w.ids)].tolist() == w.ids
+
+
+def test_loss_is_low_exactly_when_logits_point_at_gold(tmp_path):
+    task = make_task(tmp_path)
+    task.prepare()
+    batch = next(task.batches("train", 16, shuffle=False))
+    oracle = OracleSpanModel(task, "train")
+    assert task.loss(oracle, batch).item() < 0.01
+    shifted = lambda tokens, mask: tuple(x.roll(1, dims=1) for x in oracle(tokens, mask))  # noqa: E731
+    assert task.loss(shifted, batch).item() > 5.0
 
 
 def test_options_reject_stride_that_skips_tokens(tmp_path):
