@@ -73,8 +73,18 @@ def task_cells(task: TaskSummary, row: ModelRow, compact: bool = False) -> list[
     ids = [row.model, str(row.n)] if compact else [row.model, row.family, row.attention, str(row.n)]
     return (ids
             + [stat_cell(row.metrics.get(m), row.n) for m in task.metric_names(headline=compact)]
-            + [perf_cell(k, row.perf.get(k)) for k in PERF_HEADERS]
+            + [params_cell(task, row) if k == "params" else perf_cell(k, row.perf.get(k)) for k in PERF_HEADERS]
             + [delta_cell(row, f"test/{task.primary_metric}"), p_cell(row)])
+
+
+def params_cell(task: TaskSummary, row: ModelRow) -> str:
+    """Parameter count, with its ratio to the baseline's: comparisons are fair only between
+    models of similar size, and this keeps the size gap in view."""
+    cell = perf_cell("params", row.perf.get("params"))
+    base = next((r for r in task.rows if r.is_baseline), None)
+    if row.is_baseline or base is None or "params" not in row.perf or "params" not in base.perf or not base.perf["params"].mean:
+        return cell
+    return f"{cell} ({row.perf['params'].mean / base.perf['params'].mean:.2f}×)"
 
 
 def missing_p_notes(task: TaskSummary) -> list[str]:
