@@ -112,6 +112,7 @@ class GridRunner:
                     else:
                         outcomes.append(self._run_pairing(spec, progress, current))
                         current.clear()
+                        self._report(outcomes[-1], len(outcomes))
                     progress.advance(grid_bar)
         except KeyboardInterrupt:
             if current.get("run_id"):
@@ -132,6 +133,17 @@ class GridRunner:
         return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                         console=self.console)
+
+    def _report(self, outcome: PairingOutcome, done: int) -> None:
+        """One line per finished pairing: the log when output is not a terminal (CI, pipes)."""
+        primary = self.host.task.get(outcome.spec.task).factory.primary_metric
+        value = outcome.metrics.get(f"test/{primary}")
+        quality = f"{primary} {value:.4g}" if value is not None else outcome.error[:120]
+        wall = outcome.metrics.get("perf/wall_s")
+        took = f" ({wall:.0f} s)" if wall is not None else ""
+        colour = "green" if outcome.status == "FINISHED" else "red"
+        self.console.print(f"[{done}/{len(self.specs)}] {outcome.spec.run_name}: "
+                           f"[{colour}]{outcome.status.lower()}[/{colour}] {quality}{took}", highlight=False)
 
     def _finished_runs(self) -> dict:
         """run_key -> the FINISHED child run, from one query over the experiment."""
