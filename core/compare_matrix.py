@@ -7,7 +7,8 @@ column per evaluation (``as trained`` first, then the entries in grid order), ea
 mean over seeds. It is the layout of Table 2 of the Reformer paper (Kitaev et al. 2020).
 
 Input is what MLflow's search returns: the DataFrame of ``mlflow.search_runs`` or the runs
-of ``MlflowClient.search_runs``. Only finished child runs count; of several attempts of one
+of ``MlflowClient.search_runs`` (or ``attnbench.compare.fetch_child_runs``' records, which
+carry no params: columns then come in natural order, ``full, lsh1, lsh2, ...``). Only finished child runs count; of several attempts of one
 ``(task, model, seed)`` the latest is used.
 """
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 
 from rich.table import Table
 
-from .compare import Stat
+from .compare import RunRecord, Stat
 
 AS_TRAINED = "as trained"
 EVAL_METRIC = re.compile(r"^test_(?P<name>[A-Za-z0-9_]+)/(?P<metric>.+)$")
@@ -155,8 +156,19 @@ def _normalise(runs) -> list[_Run]:
     """Runs from ``mlflow.search_runs`` (a pandas DataFrame) or ``MlflowClient.search_runs``."""
     if hasattr(runs, "to_dict") and hasattr(runs, "columns"):
         return [_from_row(row) for row in runs.to_dict("records")]
+    runs = list(runs)
+    if runs and isinstance(runs[0], RunRecord):
+        return [_from_record(r) for r in runs]
     return [_Run(run.info.run_id, run.info.status, float(run.info.start_time or 0), dict(run.data.tags),
                  dict(run.data.params), dict(run.data.metrics)) for run in runs]
+
+
+def _from_record(r: RunRecord) -> _Run:
+    tags = {"attnbench.role": "child", "attnbench.task": r.task, "attnbench.model": r.model,
+            "attnbench.primary_metric": r.primary_metric}
+    if r.seed is not None:
+        tags["attnbench.seed"] = str(r.seed)
+    return _Run(r.run_id, r.status, float(r.start_time), tags, {}, dict(r.metrics))
 
 
 def _from_row(row: dict) -> _Run:

@@ -2,6 +2,7 @@
 
 import math
 import re
+import shutil
 
 import mlflow
 import pytest
@@ -294,14 +295,21 @@ evaluate_with:
 """
 
 
-@pytest.fixture
-def duplication_runs(workdir, tracking_uri):
-    write_grid(workdir / "dup.yaml", DUPLICATION_GRID)
-    result = CliRunner().invoke(app, ["run", "dup.yaml", "--tracking-uri", tracking_uri])
+@pytest.fixture(scope="module")
+def duplication_runs(tmp_path_factory, migrated_store):
+    """One tiny duplication grid with evaluate_with, trained once for the matrix tests."""
+    root = tmp_path_factory.mktemp("dupgrid")
+    shutil.copyfile(migrated_store, root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.setenv("ATTNBENCH_CACHE", str(root / "cache"))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        write_grid(root / "dup.yaml", DUPLICATION_GRID)
+        result = CliRunner().invoke(app, ["run", "dup.yaml", "--tracking-uri", uri])
     assert result.exit_code == 0, result.output
-    client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name("dupgrid")
-    return client, experiment
+    client = MlflowClient(uri)
+    return client, client.get_experiment_by_name("dupgrid")
 
 
 def test_matrix_from_client_runs(duplication_runs):
@@ -339,3 +347,13 @@ def test_no_matrix_without_evaluate_with(workdir, tracking_uri):
     assert CliRunner().invoke(app, ["run", "plain.yaml", "--tracking-uri", tracking_uri]).exit_code == 0
     client = MlflowClient(tracking_uri)
     assert eval_matrices(client.search_runs([client.get_experiment_by_name("plain").experiment_id])) == []
+
+
+def test_matrix_from_compare_records(duplication_runs):
+    from attnbench.compare import fetch_child_runs
+
+    client, experiment = duplication_runs
+    [matrix] = eval_matrices(fetch_child_runs(client, experiment.experiment_id))
+    assert matrix.columns == [AS_TRAINED, "full", "lsh2"]  # no params: natural order
+    [reference] = eval_matrices(client.search_runs([experiment.experiment_id]))
+    assert all(matrix.value(r, c) == pytest.approx(reference.value(r, c)) for r in matrix.rows for c in matrix.columns)
