@@ -10,6 +10,7 @@ from typing_extensions import Annotated
 
 from . import compare_format
 from .compare import compare_experiment, find_experiment, latest_parent_run_id
+from .compare_matrix import eval_matrices
 from .compare_report import fetch_bench_series, log_report, write_report
 from .errors import BadInputError
 
@@ -59,10 +60,22 @@ def _compare(grid_file, experiment, run, format, out, significance, log, trackin
     client = tracking_client(tracking_uri)
     comparison = compare_experiment(client, name, run, with_significance=significance)
 
+    # grids with `evaluate_with` also get the trained-with x evaluated-with matrix per task
+    matrices = eval_matrices(comparison.records)
     if format == "table":
-        compare_format.print_table(comparison)
+        from rich.console import Console
+
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=compare_format.WIDE_CONSOLE)
+        compare_format.print_table(comparison, console)
+        for matrix in matrices:
+            console.print(matrix.to_table())
     else:
         typer.echo(compare_format.render(comparison, format), nl=False)
+        if format == "markdown":
+            for matrix in matrices:
+                typer.echo("\n" + matrix.to_markdown(), nl=False)
 
     bench = fetch_bench_series(client) if (out or log) else {}
     if out is not None:

@@ -120,6 +120,7 @@ class Comparison:
     tasks: list[TaskSummary]
     unfinished: list[RunRecord]
     superseded: int = 0
+    records: list[RunRecord] = field(default_factory=list, repr=False)  # every child run read
 
     def to_dict(self) -> dict:
         return {
@@ -342,7 +343,7 @@ def summarize(records: list[RunRecord], *, experiment: str, parent_run_id: str |
                               baseline.model if baseline else None, method, rows)
         _significance(summary, groups, client, with_significance)
         tasks.append(summary)
-    return Comparison(experiment, parent_run_id, tasks, unfinished, superseded)
+    return Comparison(experiment, parent_run_id, tasks, unfinished, superseded, records)
 
 
 def compare_experiment(client, experiment_name: str, parent_run_id: str | None = None,

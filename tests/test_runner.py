@@ -183,6 +183,12 @@ evaluate_with:
     assert m["test_lsh8/accuracy"] == m["test/accuracy"]
     assert rnn.data.metrics["test_big_eps/attention_modules_changed"] == 0
     assert "evaluate_with" in linear.data.params
+    # compare prints the trained-with x evaluated-with matrix for such grids
+    shown = CliRunner().invoke(app, ["compare", "g.yaml", "--tracking-uri", tracking_uri, "--no-significance", "--no-log"])
+    assert shown.exit_code == 0, shown.output
+    matrix = shown.output[shown.output.index("trained with"):]  # the header cell is never wrapped
+    assert "as trained" in matrix and "big_eps" in matrix and "lsh8" in matrix
+    assert "transformer-linear" in matrix
 
 
 def test_attention_options_override_restores_options():
