@@ -21,7 +21,7 @@ from attnbench.plugin_host import discover
 from attnbench.plugins.tasks import duplication, listops, reverse
 from attnbench.training import fit
 
-from conftest import write_grid
+from conftest import REPO, write_grid
 
 torch.set_num_threads(1)
 DIMS = ModelDims(d_model=16, n_layers=1, n_heads=2, dropout=0.0)
@@ -357,3 +357,16 @@ def test_matrix_from_compare_records(duplication_runs):
     assert matrix.columns == [AS_TRAINED, "full", "lsh2"]  # no params: natural order
     [reference] = eval_matrices(client.search_runs([experiment.experiment_id]))
     assert all(matrix.value(r, c) == pytest.approx(reference.value(r, c)) for r in matrix.rows for c in matrix.columns)
+
+
+@pytest.mark.parametrize("name", ["reformer_duplication", "length_effect", "efficiency"])
+def test_probe_experiment_files_expand(name):
+    from attnbench.config import expand_grid, load_experiment
+
+    path = REPO / "experiments" / f"{name}.yaml"
+    experiment, _ = load_experiment(path)
+    specs = expand_grid(experiment, discover(), source=str(path))
+    assert len(specs) == 4 * len(experiment.grid.task)
+    if name == "reformer_duplication":  # the overrides switch between full and LSH buckets
+        assert {e.name for e in experiment.evaluate_with} == {"full", "lsh1", "lsh2", "lsh4", "lsh8"}
+        assert all("n_buckets" in s.family_options.attention_options for s in specs)
