@@ -41,7 +41,8 @@ def test_attention_map_figure_is_a_layer_by_head_grid_with_tokens(tmp_path):
     axes = fig.get_axes()
     assert len(axes) == 2 * 2
     assert [t.get_text() for t in axes[0].get_xticklabels()] == tokens
-    assert [t.get_text() for t in axes[-1].get_yticklabels()] == tokens
+    assert [t.get_text() for t in axes[2].get_yticklabels()] == tokens  # layer 1, head 0
+    assert not axes[-1].get_xticklabels() and not axes[-1].get_yticklabels()  # heads share the row's labels
     assert "layers.1" in axes[-1].get_title() and "head 1" in axes[-1].get_title()
     path = plots.save_png(fig, tmp_path / "maps" / "att.png")
     assert path.read_bytes()[:8] == PNG_MAGIC
