@@ -366,7 +366,7 @@ def test_probe_experiment_files_expand(name):
     path = REPO / "experiments" / f"{name}.yaml"
     experiment, _ = load_experiment(path)
     specs = expand_grid(experiment, discover(), source=str(path))
-    assert len(specs) == 4 * len(experiment.grid.task)
+    assert len(specs) == len(experiment.grid.model) * len(experiment.grid.task) >= 3
     if name == "reformer_duplication":  # the overrides switch between full and LSH buckets
         assert {e.name for e in experiment.evaluate_with} == {"full", "lsh1", "lsh2", "lsh4", "lsh8"}
         assert all("n_buckets" in s.family_options.attention_options for s in specs)
