@@ -30,12 +30,13 @@ import random
 import statistics
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sklearn.metrics import accuracy_score, f1_score
 
 from attnbench import Batch, Evaluation, Task, TaskIO, hookimpl
 from attnbench.data import PAD, SPECIAL_TOKENS, batch_indices, pad_batch
+
+from .classification import classification_loss, predict_classes
 
 SPLITS = ("train", "validation", "test")
 OPERATORS = ("[MAX", "[MIN", "[MED", "[SM")
@@ -240,20 +241,11 @@ class ListOpsTask(Task):
         return sum(math.ceil(len(p) / batch_size) for p in pools)
 
     def loss(self, model, batch):
-        return F.cross_entropy(model(batch["tokens"], batch["padding_mask"]), batch["labels"])
+        return classification_loss(model, batch)
 
     def predict(self, model, split: str, *, batch_size: int, device) -> list[int]:
-        was_training = model.training
-        model.eval()
-        preds: list[int] = []
-        try:
-            with torch.no_grad():
-                for batch in self.batches(split, batch_size, shuffle=False):
-                    batch = batch.to(device)
-                    preds += model(batch["tokens"], batch["padding_mask"]).argmax(-1).tolist()
-        finally:
-            model.train(was_training)
-        return preds
+        """Predicted class per example of ``split``, in order."""
+        return predict_classes(self, model, split, batch_size=batch_size, device=device)
 
     def evaluate(self, model, split, *, batch_size, device) -> Evaluation:
         self.prepare()

@@ -12,7 +12,6 @@ import json
 import math
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
@@ -22,6 +21,7 @@ from attnbench.data import (PAD, UNK, DataSource, TokenizerOptions, batch_indice
 from attnbench.errors import BadInputError
 
 from . import synthetic_sentiment
+from .classification import classification_loss, predict_classes
 
 WHERE = "tasks.sentiment"
 SPLITS = ("train", "validation", "test")
@@ -129,23 +129,13 @@ class SentimentTask(Task):
         return math.ceil(len(self.encoded[split]) / batch_size)
 
     def loss(self, model, batch):
-        return F.cross_entropy(model(batch["tokens"], batch["padding_mask"]), batch["labels"])
+        return classification_loss(model, batch)
 
     # -------------------------------------------------------------- evaluation
 
     def predict(self, model, split: str, *, batch_size: int, device) -> list[int]:
-        """Predicted class per example of ``split``, in order (model in eval mode, no gradients)."""
-        was_training = model.training
-        model.eval()
-        preds: list[int] = []
-        try:
-            with torch.no_grad():
-                for batch in self.batches(split, batch_size, shuffle=False):
-                    batch = batch.to(device)
-                    preds += model(batch["tokens"], batch["padding_mask"]).argmax(-1).tolist()
-        finally:
-            model.train(was_training)
-        return preds
+        """Predicted class per example of ``split``, in order."""
+        return predict_classes(self, model, split, batch_size=batch_size, device=device)
 
     def evaluate(self, model, split, *, batch_size, device) -> Evaluation:
         preds = self.predict(model, split, batch_size=batch_size, device=device)

@@ -1,0 +1,30 @@
+"""What every classification task shares: the loss and class predictions over a split.
+
+Batches hold ``tokens``, ``padding_mask`` and ``labels``; the model is a classifier
+``model(tokens, padding_mask) -> logits (B, n_classes)`` (see attnbench.models).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def classification_loss(model, batch) -> torch.Tensor:
+    return F.cross_entropy(model(batch["tokens"], batch["padding_mask"]), batch["labels"])
+
+
+def predict_classes(task, model, split: str, *, batch_size: int, device) -> list[int]:
+    """Predicted class per example of ``split``, in order (eval mode, no gradients; the
+    model's training flag is restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    preds: list[int] = []
+    try:
+        with torch.no_grad():
+            for batch in task.batches(split, batch_size, shuffle=False):
+                batch = batch.to(device)
+                preds += model(batch["tokens"], batch["padding_mask"]).argmax(-1).tolist()
+    finally:
+        model.train(was_training)
+    return preds
