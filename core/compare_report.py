@@ -36,6 +36,8 @@ def grid_figures(comparison: Comparison, bench_series: dict | None = None) -> di
     figures = {
         "quality_vs_speed.png": plots.quality_vs_speed_figure(comparison),
         "bleu_by_length.png": plots.bleu_by_length_figure(comparison),
+        # probes such as reverse log accuracy per length bucket (acc_len_<lo>_<hi>)
+        "accuracy_by_length.png": plots.bleu_by_length_figure(comparison, metric="acc"),
         "efficiency.png": plots.efficiency_figure(bench_series or {}),
     }
     return {name: fig for name, fig in figures.items() if fig is not None}
