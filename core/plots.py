@@ -205,7 +205,8 @@ def _bucket_label(name: str) -> str:
 
 
 def bleu_by_length_figure(comparison: Comparison, metric: str = "bleu") -> Figure | None:
-    """Per translation task: BLEU by source-length bucket, one line per model (mean ± std).
+    """Per task: a metric by length bucket (BLEU by source length, accuracy by sequence length),
+    one line per model (mean ± std).
 
     In the style of Bahdanau et al. (2015), Fig. 2. None when no run logged buckets."""
     panels = []
