@@ -28,7 +28,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .attention import format_validation_error
 from .errors import BadInputError
 from .models import ModelDims
 from .overrides import EvalOverride
@@ -91,7 +90,6 @@ class RunSpec:
     dims: ModelDims
     train: TrainConfig
     seed: int
-    model_entry: dict = field(default_factory=dict)
     evaluate_with: list[EvalOverride] = field(default_factory=list)
 
     @property
@@ -315,6 +313,6 @@ def expand_grid(experiment: ExperimentFile, host: PluginHost, source: str = "exp
         specs.append(RunSpec(
             grid_name=experiment.name, task=task_name, task_options=tasks[task_name][1],
             family=family_name, family_options=options, model_label=label, dims=dims,
-            train=experiment.train, seed=seed, model_entry=entry, evaluate_with=experiment.evaluate_with,
+            train=experiment.train, seed=seed, evaluate_with=experiment.evaluate_with,
         ))
     return specs

@@ -195,6 +195,7 @@ class GridRunner:
             io = task.prepare()
             seed_everything(spec.seed)  # model initialisation depends on the seed only
             model = family.build(io, spec.dims, self.host)
+            # again after build: families record attention fallbacks while building
             client.log_batch(run_id, tags=[RunTag(k, v) for k, v in family.tags().items()])
             device = select_device(self.device_override or spec.train.device)
             buffer.log("perf/params", count_parameters(model), 0)

@@ -15,7 +15,7 @@ from attnbench import ModelDims
 from attnbench.cli import app
 from attnbench.compare_matrix import AS_TRAINED, eval_matrices
 from attnbench.config import TrainConfig
-from attnbench.data import BOS, EOS, SEP
+from attnbench.data import EOS, SEP
 from attnbench.errors import BadInputError
 from attnbench.plugin_host import discover
 from attnbench.plugins.tasks import duplication, listops, reverse

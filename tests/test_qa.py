@@ -13,7 +13,7 @@ from attnbench import ModelDims
 from attnbench.data import CLS, SEP
 from attnbench.errors import BadInputError
 from attnbench.plugins.tasks import squad_metric
-from attnbench.plugins.tasks.qa import QAOptions, QATask, answer_token_span, best_spans, window_starts
+from attnbench.plugins.tasks.qa import QATask, answer_token_span, best_spans, window_starts
 from attnbench.plugins.tasks.synthetic_qa import NAMES, PLACES, StoryOptions, generate
 
 torch.set_num_threads(1)

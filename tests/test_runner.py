@@ -2,7 +2,6 @@
 
 import json
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner

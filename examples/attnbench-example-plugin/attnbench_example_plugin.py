@@ -6,7 +6,6 @@ It cannot return an n x n weight map cheaply and we do not implement its causal 
 so the capability flags say so and attnbench falls back or skips where needed.
 """
 
-import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn

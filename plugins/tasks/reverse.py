@@ -28,7 +28,6 @@ import math
 from typing import Literal
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
