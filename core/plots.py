@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter, NullFormatter
 
 from .compare import BUCKET_METRIC, Comparison
 
@@ -183,8 +184,12 @@ def quality_vs_speed_figure(comparison: Comparison) -> Figure | None:
                 label="Pareto front")
         ax.scatter([speed[i] for i in front], [quality[i] for i in front], s=160, facecolors="none",
                    edgecolors="red", linewidths=1.2)
-        if min(speed) > 0:
+        # a log axis only pays off across a decade or more; within one it shows almost no
+        # labelled ticks (and its minor labels overlap)
+        if min(speed) > 0 and max(speed) / min(speed) >= 10:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.xaxis.set_major_formatter(EngFormatter())
         ax.set_xlabel("training tokens / s")
         ax.set_ylabel(f"test {task.primary_metric}" + ("" if task.greater_is_better else " (lower is better)"))
         ax.set_title(task.task)
