@@ -11,13 +11,17 @@ format. Target: at most 5 s for the whole summary. Run:
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from attnbench import compare, compare_format
-from attnbench.synthetic_runs import TASKS, create_parent, log_child_run
+from attnbench.compare import read, render as compare_format, summary as compare
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic-run fixture
+from synthetic_runs import TASKS, create_parent, log_child_run
 
 TARGET_S = 5.0
 
@@ -60,7 +64,7 @@ def main() -> None:
         n_runs, build_s = timed(lambda: build(client, exp, args.models, args.runs_per_cell, args.failed, args.examples))
         print(f"built {n_runs} child runs in {build_s:.1f} s (setup, not timed)")
 
-        records, fetch_s = timed(lambda: compare.fetch_child_runs(client, exp))
+        records, fetch_s = timed(lambda: read.fetch_child_runs(client, exp))
         plain, plain_s = timed(lambda: compare.summarize(records, experiment="big", client=client,
                                                          with_significance=False))
         full, sig_s = timed(lambda: compare.summarize(records, experiment="big", client=client))

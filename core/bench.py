@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import AttnbenchError, BadInputError
+from .run.record import Tag
 
 REFERENCE = "sdpa"
 MATERIALISED = "materialised"
@@ -291,7 +292,7 @@ def log_to_mlflow(result: BenchResult, tracking_uri: str, experiment: str = DEFA
         png = plot_loglog(result, Path(tmp) / "bench_loglog.png")
         for variant in result.variants():
             with mlflow.start_run(run_name=f"bench/{variant}") as run:
-                mlflow.set_tags({"attnbench.attention": variant, "attnbench.kind": "bench"})
+                mlflow.set_tags({Tag.ATTENTION: variant, Tag.KIND: "bench"})
                 mlflow.log_params({
                     "variant": variant, "device": s.device, "dtype": s.dtype, "batch": s.batch,
                     "heads": s.heads, "head_dim": s.head_dim, "lengths": ",".join(map(str, s.lengths)),

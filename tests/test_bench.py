@@ -13,7 +13,7 @@ from attnbench.errors import BadInputError
 def bench_app():
     import typer
 
-    from attnbench.cli_bench import bench
+    from attnbench.cli.bench import bench
 
     app = typer.Typer()
     app.command()(bench)

@@ -13,10 +13,11 @@ import typer
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from attnbench import compare, compare_format, significance
-from attnbench.cli_compare import compare as compare_command
+from attnbench import compare
+from attnbench.compare import render as compare_format, significance
+from attnbench.cli.compare import compare as compare_command
 from attnbench.errors import BadInputError
-from attnbench.synthetic_runs import create_parent, log_child_run
+from synthetic_runs import create_parent, log_child_run
 
 SEEDS = (0, 1, 2)
 

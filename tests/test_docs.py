@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from attnbench import hookspecs
+from attnbench.plugin_host import hookspecs
 from attnbench.cli import app
 
 REPO = Path(__file__).resolve().parents[1]

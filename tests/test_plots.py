@@ -9,8 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from attnbench import capture_attention_maps, plots
-from attnbench.compare import RunRecord, summarize
+from attnbench import capture_attention_maps
+from attnbench.compare import plots
+from attnbench.run import pictures
+from attnbench.compare.summary import summarize
+from attnbench.run.record import RunRecord
 from attnbench.plugins.attention.multihead import MultiHeadAttention
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -37,36 +40,36 @@ def captured_maps(length=5):
 
 def test_attention_map_figure_is_a_layer_by_head_grid_with_tokens(tmp_path):
     tokens = ["the", "cat", "sat", "down", "."]
-    fig = plots.attention_map_figure(captured_maps(len(tokens)), tokens)
+    fig = pictures.attention_map_figure(captured_maps(len(tokens)), tokens)
     axes = fig.get_axes()
     assert len(axes) == 2 * 2
     assert [t.get_text() for t in axes[0].get_xticklabels()] == tokens
     assert [t.get_text() for t in axes[2].get_yticklabels()] == tokens  # layer 1, head 0
     assert not axes[-1].get_xticklabels() and not axes[-1].get_yticklabels()  # heads share the row's labels
     assert "layers.1" in axes[-1].get_title() and "head 1" in axes[-1].get_title()
-    path = plots.save_png(fig, tmp_path / "maps" / "att.png")
+    path = pictures.save_png(fig, tmp_path / "maps" / "att.png")
     assert path.read_bytes()[:8] == PNG_MAGIC
 
 
 def test_attention_map_axes_stay_unlabelled_when_tokens_do_not_fit():
-    fig = plots.attention_map_figure(np.full((1, 2, 3, 4), 0.25), ["a", "b"])
+    fig = pictures.attention_map_figure(np.full((1, 2, 3, 4), 0.25), ["a", "b"])
     assert all(not ax.get_xticklabels() or ax.get_xticklabels()[0].get_text() != "a" for ax in fig.get_axes())
     with pytest.raises(ValueError, match="no attention maps"):
-        plots.attention_map_figure([], ["a"])
+        pictures.attention_map_figure([], ["a"])
     with pytest.raises(ValueError, match="layers, heads"):
-        plots.attention_map_figure(np.zeros((2, 2)), ["a"])
+        pictures.attention_map_figure(np.zeros((2, 2)), ["a"])
 
 
 def test_training_curves_draw_every_train_and_val_series():
     history = {"train/loss": [(s, 1.0 / (s + 1)) for s in range(10)],
                "val/accuracy": [(0, 0.5), (1, 0.7)], "val/macro_f1": [(0, 0.4), (1, 0.6)],
                "perf/params": [(0, 10.0)]}
-    fig = plots.training_curves_figure(history)
+    fig = pictures.training_curves_figure(history)
     train_ax, val_ax = fig.get_axes()
     assert len(train_ax.lines) == 1 and len(val_ax.lines) == 2
     assert list(train_ax.lines[0].get_xdata()) == list(range(10))
     with pytest.raises(ValueError, match="no train"):
-        plots.training_curves_figure({"perf/params": [(0, 1.0)]})
+        pictures.training_curves_figure({"perf/params": [(0, 1.0)]})
 
 
 def test_pareto_front_keeps_exactly_the_undominated_points():
@@ -164,7 +167,7 @@ def test_log_run_pictures_logs_curves_and_attention_maps(tmp_path, migrated_stor
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     exp = client.create_experiment("pics", artifact_location=str(tmp_path / "artifacts"))
     run_id = client.create_run(exp).info.run_id
-    logged = plots.log_run_pictures(client, run_id, task, model, Result())
-    stored = {f.path for f in client.list_artifacts(run_id, plots.PICTURES_DIR)}
+    logged = pictures.log_run_pictures(client, run_id, task, model, Result())
+    stored = {f.path for f in client.list_artifacts(run_id, pictures.PICTURES_DIR)}
     assert "pictures/training_curves.png" in stored and "pictures/attention_example0.png" in stored
     assert set(logged) == stored

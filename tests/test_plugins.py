@@ -120,7 +120,7 @@ def test_cli_plugins_lists_everything_and_failures_as_json(plugin_dist):
 
 
 def test_cli_plugins_table_shows_plugin_and_failures(plugin_dist, monkeypatch):
-    from attnbench import cli
+    from attnbench.cli import common as cli
 
     monkeypatch.setattr(cli.console, "_width", 200)  # a wide terminal: no folded cells
     plugin_dist("broken-dist", {"broken_mod": "raise ImportError('missing dep')\n"}, {"broken": "broken_mod"})

@@ -13,13 +13,13 @@ from typer.testing import CliRunner
 
 from attnbench import ModelDims
 from attnbench.cli import app
-from attnbench.compare_matrix import AS_TRAINED, eval_matrices
+from attnbench.compare.matrix import AS_TRAINED, eval_matrices
 from attnbench.config import TrainConfig
 from attnbench.data import EOS, SEP
 from attnbench.errors import BadInputError
 from attnbench.plugin_host import discover
 from attnbench.plugins.tasks import duplication, listops, reverse
-from attnbench.training import fit
+from attnbench.run.training import fit
 
 from conftest import REPO, write_grid
 
@@ -350,7 +350,7 @@ def test_no_matrix_without_evaluate_with(workdir, tracking_uri):
 
 
 def test_matrix_from_compare_records(duplication_runs):
-    from attnbench.compare import fetch_child_runs
+    from attnbench.compare.read import fetch_child_runs
 
     client, experiment = duplication_runs
     [matrix] = eval_matrices(fetch_child_runs(client, experiment.experiment_id))

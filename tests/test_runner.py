@@ -143,7 +143,7 @@ def test_unwritable_tracking_location_is_a_clear_error(workdir):
 
 
 def test_tracking_uri_precedence(workdir, monkeypatch):
-    from attnbench.tracking import resolve_tracking_uri
+    from attnbench.run.tracking import resolve_tracking_uri
 
     (workdir / "mlflow.yaml").write_text("tracking_uri: sqlite:///from_yaml.db\n")
     assert resolve_tracking_uri() == f"sqlite:///{workdir / 'from_yaml.db'}"
@@ -154,7 +154,7 @@ def test_tracking_uri_precedence(workdir, monkeypatch):
 
 def test_bad_mlflow_yaml_is_reported(workdir):
     from attnbench.errors import BadInputError
-    from attnbench.tracking import load_tracking_config
+    from attnbench.run.tracking import load_tracking_config
 
     (workdir / "mlflow.yaml").write_text("tracking_url: sqlite:///x.db\n")
     with pytest.raises(BadInputError, match="tracking_url: unknown field; valid: tracking_uri"):
@@ -194,7 +194,7 @@ def test_attention_options_override_restores_options():
     import torch
 
     from test_plugins import example_plugin_source
-    from attnbench.overrides import attention_options_override
+    from attnbench.config.eval_override import attention_options_override
 
     namespace: dict = {}
     exec(compile(example_plugin_source(), "example", "exec"), namespace)

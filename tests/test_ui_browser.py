@@ -52,7 +52,7 @@ def store(tmp_path, migrated_store):
     """A store holding one parent run and a child per model (sentiment, seed 0)."""
     from mlflow.tracking import MlflowClient
 
-    from attnbench.synthetic_runs import create_parent, log_child_run
+    from synthetic_runs import create_parent, log_child_run
 
     shutil.copyfile(migrated_store, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

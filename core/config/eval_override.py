@@ -8,7 +8,7 @@ import contextlib
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .attention import Attention
+from ..attention import Attention
 
 
 class EvalOverride(BaseModel):

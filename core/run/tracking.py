@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 CONFIG_FILE = "mlflow.yaml"
 
@@ -43,7 +43,7 @@ def load_tracking_config(path: str | Path | None = None) -> TrackingConfig:
     except yaml.YAMLError as exc:
         raise BadInputError(f"{file}: malformed YAML: {exc}") from None
     except ValidationError as exc:
-        from .config import validation_message
+        from ..config.experiment import validation_message
 
         raise BadInputError(f"{file}:\n" + validation_message(exc, TrackingConfig)) from None
 

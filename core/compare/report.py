@@ -5,8 +5,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from . import compare_format, plots
-from .compare import Comparison
+from ..run.pictures import save_png
+from ..run.record import Tag
+from . import plots, render
+from .read import fetch_child_runs
+from .summary import Comparison, summarize
 
 BENCH_EXPERIMENT = "attnbench-bench"
 SUMMARY_ARTIFACT_DIR = "summary"
@@ -23,7 +26,7 @@ def fetch_bench_series(client, experiment_name: str = BENCH_EXPERIMENT) -> dict[
     series: dict[str, dict[str, list]] = {}
     for run in client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
                                   max_results=1000):
-        label = run.data.tags.get("attnbench.attention") or run.info.run_name or run.info.run_id
+        label = run.data.tags.get(Tag.ATTENTION) or run.info.run_name or run.info.run_id
         for metric in run.data.metrics:
             history = client.get_metric_history(run.info.run_id, metric)
             if len({m.step for m in history}) > 1:
@@ -48,11 +51,11 @@ def write_report(comparison: Comparison, out_dir: str | Path, bench_series: dict
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     texts = {
-        "comparison.md": compare_format.to_markdown(comparison),
-        "comparison.csv": compare_format.to_csv(comparison),
-        "comparison.json": compare_format.to_json(comparison),
-        "comparison.txt": compare_format.render(comparison, "table"),
-        "unfinished.csv": compare_format.unfinished_csv(comparison),
+        "comparison.md": render.to_markdown(comparison),
+        "comparison.csv": render.to_csv(comparison),
+        "comparison.json": render.to_json(comparison),
+        "comparison.txt": render.render(comparison, "table"),
+        "unfinished.csv": render.unfinished_csv(comparison),
     }
     written = []
     for name, text in texts.items():
@@ -60,7 +63,7 @@ def write_report(comparison: Comparison, out_dir: str | Path, bench_series: dict
         path.write_text(text, encoding="utf-8")
         written.append(path)
     for name, fig in grid_figures(comparison, bench_series).items():
-        written.append(plots.save_png(fig, out / name))
+        written.append(save_png(fig, out / name))
     return written
 
 
@@ -69,3 +72,19 @@ def log_report(client, parent_run_id: str, comparison: Comparison, bench_series:
     with tempfile.TemporaryDirectory() as tmp:
         write_report(comparison, tmp, bench_series)
         client.log_artifacts(parent_run_id, tmp, artifact_path=SUMMARY_ARTIFACT_DIR)
+
+
+def summarize_grid_to_parent(client, experiment_id: str, parent_run_id: str,
+                             with_significance: bool = True) -> Comparison:
+    """Summarise the grid's experiment and log the table and plots on ``parent_run_id``.
+
+    The runner calls this at the end of ``attnbench run``. The whole experiment is
+    summarised, not only this invocation's children: a re-run skips pairings that already
+    finished, and the parent should still show the full grid (slots are deduplicated, see
+    :func:`select_attempts`). Files go to the parent's ``summary/`` artifact folder."""
+    experiment = client.get_experiment(experiment_id).name
+    records = fetch_child_runs(client, experiment_id)
+    comparison = summarize(records, experiment=experiment, parent_run_id=parent_run_id,
+                           client=client, with_significance=with_significance)
+    log_report(client, parent_run_id, comparison, fetch_bench_series(client))
+    return comparison

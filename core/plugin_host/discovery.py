@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from ..errors import PluginError
 from .registry import Registry
 
 ENTRY_POINT_GROUP = "attnbench"
@@ -79,9 +79,9 @@ def allow_list() -> set[str] | None:
 
 def discover(extra_modules: list[str] | tuple[str, ...] = ()) -> PluginHost:
     """Load every plugin and collect what it registers."""
-    from .attention import Attention
-    from .models import ModelFamily
-    from .tasks import Task
+    from ..attention import Attention
+    from ..models import ModelFamily
+    from ..tasks import Task
 
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)

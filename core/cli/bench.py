@@ -1,6 +1,6 @@
 """``attnbench bench``: time and memory of attention variants against sequence length.
 
-A plain function with typer annotations; ``core/cli.py`` registers it as a command.
+A plain function with typer annotations; ``attnbench.cli.app`` registers it as a command.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
-from .bench import DEFAULT_EXPERIMENT, REFERENCE, BenchResult, BenchSpec, log_to_mlflow, run_bench
-from .errors import BadInputError
+from ..bench import DEFAULT_EXPERIMENT, REFERENCE, BenchResult, BenchSpec, log_to_mlflow, run_bench
+from ..errors import BadInputError
 
 
 def _int_list(raw: str, flag: str) -> list[int]:
@@ -25,7 +25,7 @@ def _int_list(raw: str, flag: str) -> list[int]:
 
 
 def _tracking_uri(flag: str | None) -> str:
-    from .tracking import resolve_tracking_uri
+    from ..run.tracking import resolve_tracking_uri
 
     return resolve_tracking_uri(flag)
 
@@ -46,7 +46,7 @@ def bench(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .plugin_host import get_host
+    from ..plugin_host import get_host
 
     spec = BenchSpec(
         variants=[v.strip() for v in attention.split(",") if v.strip()],

@@ -6,7 +6,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import BadInputError, PluginError
+from ..errors import BadInputError, PluginError
 
 
 @dataclass(frozen=True)

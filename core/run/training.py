@@ -17,8 +17,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .config import TrainConfig
-from .tasks import Evaluation, Task
+from ..config.experiment import TrainConfig
+from ..tasks import Evaluation, Task
+from .record import TEST, TRAIN, VAL
 
 
 class NonFiniteLossError(RuntimeError):
@@ -38,7 +39,7 @@ def seed_everything(seed: int) -> torch.Generator:
 def select_device(requested: str) -> torch.device:
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            from .errors import BadInputError
+            from ..errors import BadInputError
 
             raise BadInputError("train.device: 'cuda' requested but torch sees no CUDA device; valid here: auto, cpu")
         return torch.device("cuda")
@@ -121,9 +122,9 @@ def fit(
     def evaluate(split: str, step: int, epoch: int | None) -> Evaluation:
         on_phase(f"evaluating {split}")
         evaluation = evaluate_split(task, model, split, cfg, device)
-        prefix = "val" if split == "validation" else split
+        prefix = VAL if split == "validation" else TEST
         for name, value in evaluation.metrics.items():
-            record(f"{prefix}/{name}", float(value), epoch if epoch is not None else step)
+            record(prefix + name, float(value), epoch if epoch is not None else step)
         return evaluation
 
     step = 0
@@ -147,7 +148,7 @@ def fit(
             step += 1
             result.train_tokens += batch.n_tokens
             if step % cfg.log_every == 0 or step == 1:
-                record("train/loss", value, step)
+                record(TRAIN + "loss", value, step)
                 result.peak_mem_mib = max(result.peak_mem_mib, current_rss_mib())
             on_step(step, value)
             if cfg.max_steps and step >= cfg.max_steps:

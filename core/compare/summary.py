@@ -1,7 +1,6 @@
-"""Read a grid's runs back from MLflow and summarise them per task.
+"""Summarise a grid's child runs per task.
 
-One ``search_runs`` query per experiment fetches every child run (tags and latest metric
-values come with it); predictions are read only for the significance tests. Models are
+Models are
 summarised as mean ± sample std over seeds (with n), compared with the task's rnn baseline
 (family ``rnn``; with several rnn models, the best one, so a claimed gain is a gain over the
 strongest baseline), and tested for significance on the saved predictions. Runs that did
@@ -10,46 +9,19 @@ not finish are listed separately and never enter a mean.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 
+from ..errors import BadInputError
+from ..run.record import PERF, RunRecord
 from . import significance
-from .errors import BadInputError
+from .read import fetch_child_runs, find_experiment, read_predictions, select_attempts
 
-CHILD_FILTER = "tags.`attnbench.role` = 'child'"
-PREDICTIONS_FILE = "predictions.jsonl"
-PERF_COLUMNS = {"params": "perf/params", "tokens_per_s": "perf/train_tokens_per_s", "wall_s": "perf/wall_s"}
+PERF_COLUMNS = {name: PERF[name] for name in ("params", "tokens_per_s", "wall_s")}
 BUCKET_METRIC = re.compile(r"^test/(?P<metric>[a-z0-9]+)_len_(?P<lo>\d+)_(?P<hi>\d+|inf)$")
-PAGE_SIZE = 50000  # MLflow's maximum; a grid larger than this pages through the same query
-
-
-@dataclass
-class RunRecord:
-    """The fields of one child run that a comparison needs."""
-
-    run_id: str
-    name: str
-    status: str
-    task: str
-    kind: str
-    family: str
-    attention: str
-    model: str
-    seed: int | None
-    run_key: str
-    primary_metric: str
-    greater_is_better: bool
-    metrics: dict[str, float]
-    artifact_uri: str
-    parent_run_id: str | None
-    start_time: int = 0
-    error: str = ""  # the runner's attnbench.error tag on FAILED runs
 
 
 @dataclass
@@ -136,115 +108,6 @@ class Comparison:
 def _unfinished_dict(r: RunRecord) -> dict:
     return {"run_id": r.run_id, "name": r.name, "status": r.status, "task": r.task,
             "model": r.model, "seed": r.seed, "error": r.error}
-
-
-def _run_record(run) -> RunRecord:
-    tags = run.data.tags
-    seed = tags.get("attnbench.seed")
-    return RunRecord(
-        run_id=run.info.run_id,
-        name=run.info.run_name or tags.get("mlflow.runName", run.info.run_id),
-        status=run.info.status,
-        task=tags.get("attnbench.task", "?"),
-        kind=tags.get("attnbench.kind", "?"),
-        family=tags.get("attnbench.family", "?"),
-        attention=tags.get("attnbench.attention", "?"),
-        model=tags.get("attnbench.model", "?"),
-        seed=int(seed) if seed not in (None, "") and str(seed).lstrip("-").isdigit() else None,
-        run_key=tags.get("attnbench.run_key", run.info.run_id),
-        primary_metric=tags.get("attnbench.primary_metric", ""),
-        greater_is_better=tags.get("attnbench.greater_is_better", "true").lower() != "false",
-        metrics=dict(run.data.metrics),
-        artifact_uri=run.info.artifact_uri,
-        parent_run_id=tags.get("mlflow.parentRunId"),
-        start_time=run.info.start_time or 0,
-        error=tags.get("attnbench.error", ""),
-    )
-
-
-def find_experiment(client, name: str):
-    """The experiment called ``name``; BadInputError listing the existing ones otherwise."""
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        have = sorted(e.name for e in client.search_experiments())
-        raise BadInputError(f"--experiment: no MLflow experiment named {name!r}; existing: {have}")
-    return exp
-
-
-def fetch_child_runs(client, experiment_id: str, parent_run_id: str | None = None) -> list[RunRecord]:
-    """Every child run of the experiment (or of one parent run) in one filtered query."""
-    filter_string = CHILD_FILTER
-    if parent_run_id:
-        if not re.fullmatch(r"[0-9a-fA-F]{8,64}", parent_run_id):
-            raise BadInputError(f"--run: {parent_run_id!r} is not an MLflow run id (hex)")
-        filter_string += f" and tags.`mlflow.parentRunId` = '{parent_run_id}'"
-    records, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string,
-                                  max_results=PAGE_SIZE, page_token=token)
-        records.extend(_run_record(r) for r in page)
-        token = page.token
-        if not token:
-            return records
-
-
-def latest_parent_run_id(client, experiment_id: str) -> str | None:
-    """The most recent parent run of the experiment (where the summary gets logged)."""
-    runs = client.search_runs([experiment_id], filter_string="tags.`attnbench.role` = 'parent'",
-                              max_results=1, order_by=["attributes.start_time DESC"])
-    return runs[0].info.run_id if runs else None
-
-
-def select_attempts(records: list[RunRecord]) -> tuple[list[RunRecord], list[RunRecord], int]:
-    """Split into the runs to average and the unfinished ones to list; count the superseded.
-
-    Attempts are grouped by slot ``(task, model, seed)``: a re-run of a grid retries
-    pairings that did not finish, and a re-run with a changed config trains the slot again.
-    The latest FINISHED attempt of a slot is used; unfinished attempts newer than it are
-    listed (a failure after the last success is never hidden); older attempts are
-    superseded. Runs without a seed tag form a slot each."""
-    slots: dict[tuple, list[RunRecord]] = {}
-    for r in records:
-        key = (r.task, r.model, r.seed) if r.seed is not None else (r.run_id,)
-        slots.setdefault(key, []).append(r)
-    finished, unfinished, superseded = [], [], 0
-    for attempts in slots.values():
-        attempts.sort(key=lambda r: r.start_time)
-        done = [i for i, r in enumerate(attempts) if r.status == "FINISHED"]
-        last_done = done[-1] if done else -1
-        if last_done >= 0:
-            finished.append(attempts[last_done])
-        newer_failures = attempts[last_done + 1:]
-        unfinished.extend(newer_failures)
-        superseded += len(attempts) - len(newer_failures) - (1 if last_done >= 0 else 0)
-    unfinished.sort(key=lambda r: (r.task, r.model, r.seed if r.seed is not None else -1, r.start_time))
-    return finished, unfinished, superseded
-
-
-def read_predictions(run: RunRecord, client) -> dict | None:
-    """``{example id: record}`` from the run's predictions.jsonl, or None when absent.
-
-    Local stores are read in place; other stores go through MLflow's artifact download."""
-    parsed = urlparse(run.artifact_uri)
-    if parsed.scheme in ("", "file"):
-        path = Path(unquote(parsed.path)) / PREDICTIONS_FILE
-        if not path.exists():
-            return None
-        text = path.read_text(encoding="utf-8")
-    else:
-        import tempfile
-
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                text = Path(client.download_artifacts(run.run_id, PREDICTIONS_FILE, tmp)).read_text(encoding="utf-8")
-        except Exception:  # no predictions logged: significance is reported as unavailable
-            return None
-    out = {}
-    for line in text.splitlines():
-        if line.strip():
-            record = json.loads(line)
-            out[record.get("id", len(out))] = record
-    return out
 
 
 def _aggregate(model: str, runs: list[RunRecord]) -> ModelRow:
@@ -353,22 +216,3 @@ def compare_experiment(client, experiment_name: str, parent_run_id: str | None =
     records = fetch_child_runs(client, exp.experiment_id, parent_run_id)
     return summarize(records, experiment=experiment_name, parent_run_id=parent_run_id,
                      client=client, with_significance=with_significance)
-
-
-
-def summarize_grid_to_parent(client, experiment_id: str, parent_run_id: str,
-                             with_significance: bool = True) -> Comparison:
-    """Summarise the grid's experiment and log the table and plots on ``parent_run_id``.
-
-    The runner calls this at the end of ``attnbench run``. The whole experiment is
-    summarised, not only this invocation's children: a re-run skips pairings that already
-    finished, and the parent should still show the full grid (slots are deduplicated, see
-    :func:`select_attempts`). Files go to the parent's ``summary/`` artifact folder."""
-    from .compare_report import fetch_bench_series, log_report  # plotting stays out of plain reads
-
-    experiment = client.get_experiment(experiment_id).name
-    records = fetch_child_runs(client, experiment_id)
-    comparison = summarize(records, experiment=experiment, parent_run_id=parent_run_id,
-                           client=client, with_significance=with_significance)
-    log_report(client, parent_run_id, comparison, fetch_bench_series(client))
-    return comparison

@@ -28,10 +28,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import BadInputError
-from .models import ModelDims
-from .overrides import EvalOverride
-from .plugin_host import PluginHost
+from ..errors import BadInputError
+from ..models import ModelDims
+from .eval_override import EvalOverride
+from ..plugin_host import PluginHost
 
 
 class GridAxes(BaseModel):

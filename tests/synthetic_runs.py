@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from mlflow.entities import Metric
 
+from attnbench.run import record
+
 WORDS = ("a dog runs over the green field while two children play with a red ball near the old "
          "house and a woman in a blue coat walks past the small shop on the corner").split()
 LABELS = ("negative", "positive")
@@ -93,10 +95,9 @@ def metrics_for(spec: TaskSpec, predictions: list[dict]) -> dict[str, float]:
 
 def create_parent(client, experiment_id: str, grid_name: str, grid_yaml: str = "") -> str:
     """A parent run as ``attnbench run`` starts it (left RUNNING; terminate it when done)."""
-    run = client.create_run(experiment_id, run_name=f"{grid_name}", tags={
-        "attnbench.role": "parent", "attnbench.grid": grid_name, "mlflow.note.content": grid_yaml})
+    run = client.create_run(experiment_id, run_name=f"{grid_name}", tags=record.parent_tags(grid_name, grid_yaml))
     if grid_yaml:
-        client.log_text(run.info.run_id, grid_yaml, "grid.yaml")
+        client.log_text(run.info.run_id, grid_yaml, record.GRID_FILE)
     return run.info.run_id
 
 
@@ -109,13 +110,10 @@ def log_child_run(client, experiment_id: str, parent_run_id: str, *, task: str, 
     family, _, attention = model.partition("-")
     attention = "none" if family == "rnn" else attention
     rng = np.random.default_rng(zlib.crc32(f"{task}/{model}/{seed}".encode()))
-    tags = {
-        "mlflow.parentRunId": parent_run_id, "attnbench.role": "child", "attnbench.task": task,
-        "attnbench.kind": spec.kind, "attnbench.family": family, "attnbench.attention": attention,
-        "attnbench.model": model, "attnbench.seed": str(seed),
-        "attnbench.run_key": f"{task}-{model}-{seed}-{status}", "attnbench.primary_metric": spec.primary_metric,
-        "attnbench.greater_is_better": str(spec.greater_is_better).lower(),
-    }
+    tags = record.child_tags(
+        parent_run_id=parent_run_id, grid="synthetic", task=task, kind=spec.kind, family=family, model=model,
+        seed=seed, run_key=f"{task}-{model}-{seed}-{status}", primary_metric=spec.primary_metric,
+        greater_is_better=spec.greater_is_better, attention=attention)
     if spec.kind == "seq2seq":
         tags["sacrebleu.signature"] = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"
     run = client.create_run(experiment_id, run_name=f"{task}/{model}/seed{seed}", tags=tags)
@@ -137,11 +135,11 @@ def log_child_run(client, experiment_id: str, parent_run_id: str, *, task: str, 
                     Metric("perf/wall_s", float(50_000 / speed), now, 0),
                     Metric("perf/peak_mem_mib", 100.0, now, 0)]
         if with_predictions:
-            client.log_text(run_id, "\n".join(json.dumps(p) for p in predictions) + "\n", "predictions.jsonl")
+            client.log_text(run_id, "\n".join(json.dumps(p) for p in predictions) + "\n", record.PREDICTIONS)
     elif status == "FAILED":
         client.log_text(run_id, "Traceback (most recent call last):\nRuntimeError: synthetic failure\n",
-                        "traceback.txt")
-        client.set_tag(run_id, "attnbench.error", "RuntimeError: synthetic failure")
+                        record.TRACEBACK)
+        client.set_tag(run_id, record.Tag.ERROR, "RuntimeError: synthetic failure")
     for i in range(0, len(metrics), 900):  # log_batch takes at most 1000 entries
         client.log_batch(run_id, metrics=metrics[i:i + 900])
     client.set_terminated(run_id, status)

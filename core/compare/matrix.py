@@ -7,7 +7,7 @@ column per evaluation (``as trained`` first, then the entries in grid order), ea
 mean over seeds. It is the layout of Table 2 of the Reformer paper (Kitaev et al. 2020).
 
 Input is what MLflow's search returns: the DataFrame of ``mlflow.search_runs`` or the runs
-of ``MlflowClient.search_runs`` (or ``attnbench.compare.fetch_child_runs``' records, which
+of ``MlflowClient.search_runs`` (or ``attnbench.compare.read.fetch_child_runs``' records, which
 carry no params: columns then come in natural order, ``full, lsh1, lsh2, ...``). Only finished child runs count; of several attempts of one
 ``(task, model, seed)`` the latest is used.
 """
@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 from rich.table import Table
 
-from .compare import RunRecord, Stat
+from ..run.record import RunRecord, Tag
+from .summary import Stat
 
 AS_TRAINED = "as trained"
 EVAL_METRIC = re.compile(r"^test_(?P<name>[A-Za-z0-9_]+)/(?P<metric>.+)$")
@@ -98,18 +99,18 @@ def eval_matrices(runs, metric: str | None = None) -> list[EvalMatrix]:
     ``attnbench.primary_metric`` tag), else ``accuracy``."""
     by_task: dict[str, list[_Run]] = {}
     for run in _latest_finished(_normalise(runs)):
-        by_task.setdefault(run.tags.get("attnbench.task", "?"), []).append(run)
+        by_task.setdefault(run.tags.get(Tag.TASK, "?"), []).append(run)
     matrices = []
     for task in sorted(by_task):
         task_runs = sorted(by_task[task], key=lambda r: r.start_time)
-        wanted = metric or task_runs[0].tags.get("attnbench.primary_metric") or "accuracy"
+        wanted = metric or task_runs[0].tags.get(Tag.PRIMARY_METRIC) or "accuracy"
         columns = _columns(task_runs, wanted)
         if not columns:
             continue
-        rows = list(dict.fromkeys(r.tags.get("attnbench.model", r.run_id) for r in task_runs))  # grid order
+        rows = list(dict.fromkeys(r.tags.get(Tag.MODEL, r.run_id) for r in task_runs))  # grid order
         matrix = EvalMatrix(task, wanted, rows, [AS_TRAINED, *columns])
         for row in rows:
-            seeds = [r for r in task_runs if r.tags.get("attnbench.model", r.run_id) == row]
+            seeds = [r for r in task_runs if r.tags.get(Tag.MODEL, r.run_id) == row]
             for column in matrix.columns:
                 key = f"test/{wanted}" if column == AS_TRAINED else f"test_{column}/{wanted}"
                 stat = Stat.of([r.metrics[key] for r in seeds if key in r.metrics])
@@ -142,9 +143,9 @@ def _latest_finished(runs: list[_Run]) -> list[_Run]:
     """Finished child runs, the latest attempt of each (task, model, seed)."""
     latest: dict[tuple, _Run] = {}
     for run in runs:
-        if run.status != "FINISHED" or run.tags.get("attnbench.role", "child") != "child":
+        if run.status != "FINISHED" or run.tags.get(Tag.ROLE, "child") != "child":
             continue
-        key = (run.tags.get("attnbench.task"), run.tags.get("attnbench.model"), run.tags.get("attnbench.seed"))
+        key = (run.tags.get(Tag.TASK), run.tags.get(Tag.MODEL), run.tags.get(Tag.SEED))
         if None in key:
             key = (run.run_id,)
         if key not in latest or run.start_time > latest[key].start_time:
@@ -164,10 +165,10 @@ def _normalise(runs) -> list[_Run]:
 
 
 def _from_record(r: RunRecord) -> _Run:
-    tags = {"attnbench.role": "child", "attnbench.task": r.task, "attnbench.model": r.model,
-            "attnbench.primary_metric": r.primary_metric}
+    tags = {Tag.ROLE: "child", Tag.TASK: r.task, Tag.MODEL: r.model,
+            Tag.PRIMARY_METRIC: r.primary_metric}
     if r.seed is not None:
-        tags["attnbench.seed"] = str(r.seed)
+        tags[Tag.SEED] = str(r.seed)
     return _Run(r.run_id, r.status, float(r.start_time), tags, {}, dict(r.metrics))
 
 

@@ -1,4 +1,4 @@
-"""Render a :class:`~attnbench.compare.Comparison` as a rich table, markdown, CSV or JSON."""
+"""Render a :class:`~attnbench.compare.summary.Comparison` as a rich table, markdown, CSV or JSON."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import csv
 import io
 import json
 
-from .compare import Comparison, ModelRow, Stat, TaskSummary
-from .errors import BadInputError
+from .summary import Comparison, ModelRow, Stat, TaskSummary
+from ..errors import BadInputError
 from .significance import ALPHA
 
 FORMATS = ("table", "markdown", "csv", "json")

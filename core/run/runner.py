@@ -14,6 +14,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from mlflow.entities import Metric, Param, RunTag
@@ -22,16 +23,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .config import ExperimentFile, RunSpec
-from .plugin_host import PluginHost
-from .tasks import Task
+from ..config import ExperimentFile, RunSpec
+from ..config.eval_override import attention_options_override
+from ..plugin_host import PluginHost
+from ..tasks import Task
+from . import record
+from .record import PERF, Tag
 from .tracking import check_artifact_root_writable, check_writable, get_or_create_experiment
-from .overrides import attention_options_override
 from .training import (NonFiniteLossError, count_parameters, evaluate_split, fit, planned_steps, select_device,
                        seed_everything)
-
-TAG = "attnbench."
-
 
 @dataclass
 class PairingOutcome:
@@ -68,7 +68,8 @@ class GridRunner:
     def __init__(self, experiment: ExperimentFile, specs: list[RunSpec], *, host: PluginHost,
                  tracking_uri: str, artifact_root_uri: str, grid_text: str, grid_source: str,
                  overrides: list[str] | tuple[str, ...] = (), console: Console | None = None,
-                 cache_dir: Path | None = None, device: str | None = None):
+                 cache_dir: Path | None = None, device: str | None = None,
+                 summarize: Callable[[MlflowClient, str, str], object] | None = None):
         self.experiment = experiment
         self.specs = specs
         self.host = host
@@ -81,6 +82,9 @@ class GridRunner:
         self.cache_dir = Path(cache_dir or os.environ.get("ATTNBENCH_CACHE", ".attnbench_cache"))
         self.device_override = device
         self._tasks: dict[str, Task | BaseException] = {}
+        # (client, experiment id, parent run id) -> logs the grid summary on the parent run;
+        # passed in by the CLI so that running never imports the compare stage.
+        self.summarize = summarize
 
     # ------------------------------------------------------------------ public
 
@@ -92,13 +96,12 @@ class GridRunner:
         self.experiment_id = get_or_create_experiment(client, self.experiment.name, self.artifact_root_uri)
         finished = self._finished_runs()
         parent = client.create_run(self.experiment_id, run_name=f"{self.experiment.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                                   tags={f"{TAG}role": "parent", f"{TAG}grid": self.experiment.name,
-                                         "mlflow.note.content": f"Grid file `{self.grid_source}`:\n\n```yaml\n{self.grid_text}\n```"})
+                                   tags=record.parent_tags(self.experiment.name, note=f"Grid file `{self.grid_source}`:\n\n```yaml\n{self.grid_text}\n```"))
         self.parent_id = parent.info.run_id
         client.log_batch(self.parent_id, params=[Param("grid.file", self.grid_source),
                                                  Param("grid.overrides", json.dumps(self.overrides)),
                                                  Param("grid.runs", str(len(self.specs)))])
-        client.log_text(self.parent_id, self.grid_text, "grid.yaml")
+        client.log_text(self.parent_id, self.grid_text, record.GRID_FILE)
         outcomes: list[PairingOutcome] = []
         current: dict = {}
         try:
@@ -137,9 +140,9 @@ class GridRunner:
     def _report(self, outcome: PairingOutcome, done: int) -> None:
         """One line per finished pairing: the log when output is not a terminal (CI, pipes)."""
         primary = self.host.task.get(outcome.spec.task).factory.primary_metric
-        value = outcome.metrics.get(f"test/{primary}")
+        value = outcome.metrics.get(record.TEST + primary)
         quality = f"{primary} {value:.4g}" if value is not None else outcome.error[:120]
-        wall = outcome.metrics.get("perf/wall_s")
+        wall = outcome.metrics.get(PERF["wall_s"])
         took = f" ({wall:.0f} s)" if wall is not None else ""
         colour = "green" if outcome.status == "FINISHED" else "red"
         self.console.print(f"[{done}/{len(self.specs)}] {outcome.spec.run_name}: "
@@ -149,10 +152,10 @@ class GridRunner:
         """run_key -> the FINISHED child run, from one query over the experiment."""
         runs = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`{TAG}role` = 'child' and attributes.status = 'FINISHED'",
+            filter_string=f"{record.CHILD_FILTER} and attributes.status = 'FINISHED'",
             max_results=50000,
         )
-        return {r.data.tags.get(f"{TAG}run_key"): r for r in runs}
+        return {r.data.tags.get(Tag.RUN_KEY): r for r in runs}
 
     def _task_for(self, spec: RunSpec) -> Task:
         """One prepared task per (name, options) per grid, shared by all its models and seeds."""
@@ -175,14 +178,11 @@ class GridRunner:
         task_cls = self.host.task.get(spec.task).factory
         family_cls = self.host.model.get(spec.family).factory
         family = family_cls(spec.family_options)
-        tags = {
-            f"{TAG}role": "child", f"{TAG}grid": spec.grid_name, f"{TAG}task": spec.task,
-            f"{TAG}kind": task_cls.kind, f"{TAG}family": spec.family, f"{TAG}model": spec.model_label,
-            f"{TAG}seed": str(spec.seed), f"{TAG}run_key": spec.run_key,
-            f"{TAG}primary_metric": task_cls.primary_metric,
-            f"{TAG}greater_is_better": str(task_cls.greater_is_better).lower(),
-            f"{TAG}attention": "none", "mlflow.parentRunId": self.parent_id,
-        } | family.tags()
+        tags = record.child_tags(
+            parent_run_id=self.parent_id, grid=spec.grid_name, task=spec.task, kind=task_cls.kind,
+            family=spec.family, model=spec.model_label, seed=spec.seed, run_key=spec.run_key,
+            primary_metric=task_cls.primary_metric, greater_is_better=task_cls.greater_is_better,
+            extra=family.tags())
         run = client.create_run(self.experiment_id, run_name=spec.run_name, tags=tags)
         run_id = run.info.run_id
         buffer = MetricBuffer(client, run_id)
@@ -196,9 +196,9 @@ class GridRunner:
             seed_everything(spec.seed)  # model initialisation depends on the seed only
             model = family.build(io, spec.dims, self.host)
             # again after build: families record attention fallbacks while building
-            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in family.tags().items()])
+            client.log_batch(run_id, tags=[RunTag(record.tag(k), str(v)) for k, v in family.tags().items()])
             device = select_device(self.device_override or spec.train.device)
-            buffer.log("perf/params", count_parameters(model), 0)
+            buffer.log(PERF["params"], count_parameters(model), 0)
             progress.update(step_bar, total=planned_steps(task, spec.train), info="")
             result = fit(
                 task, model, spec.train, seed=spec.seed, device=device, log_metric=buffer.log,
@@ -206,11 +206,11 @@ class GridRunner:
                 on_phase=lambda phase: progress.update(step_bar, info=phase),
             )
             wall = time.perf_counter() - started
-            buffer.log("perf/train_tokens_per_s", result.train_tokens / max(result.train_seconds, 1e-9), result.steps)
-            buffer.log("perf/wall_s", wall, result.steps)
-            buffer.log("perf/train_s", result.train_seconds, result.steps)
-            buffer.log("perf/peak_mem_mib", result.peak_mem_mib, result.steps)
-            buffer.log("perf/steps", result.steps, result.steps)
+            buffer.log(PERF["tokens_per_s"], result.train_tokens / max(result.train_seconds, 1e-9), result.steps)
+            buffer.log(PERF["wall_s"], wall, result.steps)
+            buffer.log(PERF["train_s"], result.train_seconds, result.steps)
+            buffer.log(PERF["peak_mem_mib"], result.peak_mem_mib, result.steps)
+            buffer.log(PERF["steps"], result.steps, result.steps)
             buffer.flush()
             self._log_evaluation(run_id, result.test)
             for override in spec.evaluate_with:
@@ -219,16 +219,16 @@ class GridRunner:
             self._log_pictures(run_id, task, model, result)
             if spec.train.save_checkpoint:
                 self._log_checkpoint(run_id, model)
-            client.log_batch(run_id, tags=[RunTag(f"{TAG}device", device.type)])
+            client.log_batch(run_id, tags=[RunTag(Tag.DEVICE, device.type)])
             client.set_terminated(run_id, "FINISHED")
             return PairingOutcome(spec, "FINISHED", run_id, dict(buffer.latest))
         except KeyboardInterrupt:
             raise
         except Exception as exc:
             buffer.flush()
-            client.log_text(run_id, traceback.format_exc(), "traceback.txt")
+            client.log_text(run_id, traceback.format_exc(), record.TRACEBACK)
             message = str(exc) if isinstance(exc, NonFiniteLossError) else f"{type(exc).__name__}: {exc}"
-            client.set_tag(run_id, f"{TAG}error", message[:5000])
+            client.set_tag(run_id, Tag.ERROR, message[:5000])
             client.set_terminated(run_id, "FAILED")
             self.console.print(f"[red]FAILED {spec.run_name}: {message}[/red]")
             return PairingOutcome(spec, "FAILED", run_id, dict(buffer.latest), message)
@@ -240,7 +240,7 @@ class GridRunner:
             return
         if evaluation.predictions:
             lines = "\n".join(json.dumps(p, ensure_ascii=False, default=str) for p in evaluation.predictions)
-            self.client.log_text(run_id, lines + "\n", "predictions.jsonl")
+            self.client.log_text(run_id, lines + "\n", record.PREDICTIONS)
         for name, content in evaluation.artifacts.items():
             if isinstance(content, bytes):
                 with tempfile.TemporaryDirectory() as tmp:
@@ -257,18 +257,16 @@ class GridRunner:
         with attention_options_override(model, override.attention_options) as changed:
             evaluation = evaluate_split(task, model, "test", spec.train, device)
         for name, value in evaluation.metrics.items():
-            buffer.log(f"test_{override.name}/{name}", float(value), 0)
-        buffer.log(f"test_{override.name}/attention_modules_changed", changed, 0)
+            buffer.log(record.override_prefix(override.name) + name, float(value), 0)
+        buffer.log(record.override_prefix(override.name) + "attention_modules_changed", changed, 0)
         buffer.flush()
 
     def _log_pictures(self, run_id: str, task: Task, model: torch.nn.Module, result) -> None:
         """Training curves and attention maps; a picture that fails never fails the run."""
         try:
-            from . import plots
-        except ImportError:
-            return
-        try:
-            plots.log_run_pictures(self.client, run_id, task, model, result)
+            from .pictures import log_run_pictures  # matplotlib: imported when the first run ends
+
+            log_run_pictures(self.client, run_id, task, model, result)
         except Exception as exc:
             self.console.print(f"[yellow]warning: pictures for run {run_id[:8]} failed: {type(exc).__name__}: {exc}[/yellow]")
 
@@ -276,15 +274,13 @@ class GridRunner:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.pt"
             torch.save(model.state_dict(), path)
-            self.client.log_artifact(run_id, str(path), "checkpoint")
+            self.client.log_artifact(run_id, str(path), record.CHECKPOINT)
 
     def _summarize_to_parent(self) -> None:
-        try:
-            from .compare import summarize_grid_to_parent
-        except ImportError:
+        if self.summarize is None:
             return
         try:
-            summarize_grid_to_parent(self.client, self.experiment_id, self.parent_id)
+            self.summarize(self.client, self.experiment_id, self.parent_id)
         except Exception as exc:
             self.console.print(f"[yellow]warning: grid summary on the parent run failed: {type(exc).__name__}: {exc}[/yellow]")
 
@@ -315,8 +311,8 @@ def summary_tables(outcomes: list[PairingOutcome], host: PluginHost) -> list[Tab
             get = lambda key, fmt: fmt(m[key]) if key in m else "-"
             status = {"FINISHED": "[green]ok[/green]", "SKIPPED": "[dim]done before[/dim]",
                       "FAILED": "[red]FAILED[/red]", "KILLED": "[yellow]KILLED[/yellow]"}[o.status]
-            table.add_row(o.spec.model_label, str(o.spec.seed), get(f"test/{primary}", lambda v: f"{v:.2f}"),
-                          get("perf/params", compact), get("perf/train_tokens_per_s", compact),
-                          get("perf/wall_s", lambda v: f"{v:.0f}"), status)
+            table.add_row(o.spec.model_label, str(o.spec.seed), get(record.TEST + primary, lambda v: f"{v:.2f}"),
+                          get(PERF["params"], compact), get(PERF["tokens_per_s"], compact),
+                          get(PERF["wall_s"], lambda v: f"{v:.0f}"), status)
         tables.append(table)
     return tables

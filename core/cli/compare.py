@@ -1,4 +1,4 @@
-"""``attnbench compare``: summarise a grid's runs from MLflow (the lead wires it into the CLI)."""
+"""``attnbench compare``: summarise a grid's runs from MLflow."""
 
 from __future__ import annotations
 
@@ -8,16 +8,13 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from . import compare_format
-from .compare import compare_experiment, find_experiment, latest_parent_run_id
-from .compare_matrix import eval_matrices
-from .compare_report import fetch_bench_series, log_report, write_report
-from .errors import BadInputError
+from ..errors import BadInputError
+from .common import user_errors
 
 
 def experiment_name_of(grid_file: Path) -> str:
     """The ``name`` field of a grid file: the MLflow experiment its runs are logged to."""
-    from .config import load_experiment
+    from ..config import load_experiment
 
     experiment, _ = load_experiment(grid_file)
     return experiment.name
@@ -27,7 +24,7 @@ def tracking_client(tracking_uri: str | None):
     """An MlflowClient for ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else mlflow.yaml."""
     from mlflow.tracking import MlflowClient
 
-    from .tracking import resolve_tracking_uri
+    from ..run.tracking import resolve_tracking_uri
 
     return MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
 
@@ -45,13 +42,18 @@ def compare(
 ) -> None:
     """Per task: each model's test metrics (mean ± std over seeds), speed, the difference to the
     rnn baseline with a paired significance test, and the runs that failed."""
-    from .cli import user_errors  # the CLI's one-line error messages and exit codes
-
     with user_errors():
         _compare(grid_file, experiment, run, format, out, significance, log, tracking_uri)
 
 
 def _compare(grid_file, experiment, run, format, out, significance, log, tracking_uri) -> None:
+    # The compare stage (numpy, matplotlib for plots) loads only when the command runs.
+    from ..compare import render as compare_format
+    from ..compare.matrix import eval_matrices
+    from ..compare.read import find_experiment, latest_parent_run_id
+    from ..compare.report import fetch_bench_series, log_report, write_report
+    from ..compare.summary import compare_experiment
+
     if format not in compare_format.FORMATS:
         raise BadInputError(f"--format: {format!r} is not a format; valid: {', '.join(compare_format.FORMATS)}")
     if (grid_file is None) == (experiment is None):

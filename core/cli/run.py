@@ -1,0 +1,89 @@
+"""``attnbench run``: train every pairing of a grid and log it to MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import BadInputError
+from .common import DEFAULT_GRID, PLUGIN_OPTION, TRACKING_OPTION, console, err_console, user_errors
+
+
+def run(
+    grid_file: Path = typer.Argument(DEFAULT_GRID, help="Experiment grid YAML.", show_default=True),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a field: key.path=value (repeatable)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the expanded runs and exit."),
+    device: Optional[str] = typer.Option(None, "--device", help="Force a device: auto, cpu or cuda (overrides train.device)."),
+    tracking_uri: Optional[str] = TRACKING_OPTION,
+    plugin: Optional[List[str]] = PLUGIN_OPTION,
+):
+    """Train every pairing of a grid (default: experiments/quick.yaml) and log it to MLflow."""
+    from ..config import expand_grid, load_experiment
+    from ..plugin_host import get_host
+    from ..run.tracking import artifact_root, load_tracking_config, resolve_tracking_uri
+
+    with user_errors():
+        if device not in (None, "auto", "cpu", "cuda"):
+            raise BadInputError(f"--device {device!r}: valid: auto, cpu, cuda")
+        if not grid_file.exists() and grid_file == DEFAULT_GRID:
+            raise BadInputError(f"{grid_file}: not found. Run from the attnbench checkout, or pass a grid file: attnbench run path/to/grid.yaml")
+        overrides = list(set_ or [])
+        experiment, raw = load_experiment(grid_file, overrides)
+        host = get_host(plugin or [])
+        for failure in host.failures:
+            err_console.print(f"[yellow]warning: plugin {failure.plugin} failed ({failure.stage}): {failure.error}[/yellow]")
+        specs = expand_grid(experiment, host, source=str(grid_file))
+        if dry_run:
+            _print_dry_run(experiment, specs)
+            return
+        tracking = load_tracking_config()
+        uri = resolve_tracking_uri(tracking_uri, tracking)
+        grid_text = _grid_text(grid_file, raw, overrides)
+        from ..compare.report import summarize_grid_to_parent
+        from ..run.runner import GridRunner, summary_tables
+
+        runner = GridRunner(experiment, specs, host=host, tracking_uri=uri, artifact_root_uri=artifact_root(tracking),
+                            grid_text=grid_text, grid_source=str(grid_file), overrides=overrides, console=console,
+                            device=device, summarize=summarize_grid_to_parent)
+        console.print(f"[bold]{experiment.name}[/bold]: {len(specs)} runs -> MLflow experiment "
+                      f"'{experiment.name}' at {uri}")
+        try:
+            outcomes = runner.run()
+        except KeyboardInterrupt:
+            err_console.print("\n[yellow]interrupted: the current run and the grid's parent run are marked KILLED; "
+                              "re-run the same command to continue (finished runs are skipped).[/yellow]")
+            raise typer.Exit(130) from None
+        for table in summary_tables(outcomes, host):
+            console.print(table)
+        ui_hint = "attnbench ui" + ("" if tracking_uri is None else f" --tracking-uri {tracking_uri}")
+        console.print(f"Browse the runs: [bold]{ui_hint}[/bold] (http://{tracking.ui.host}:{tracking.ui.port}), "
+                      f"compare them: [bold]attnbench compare {grid_file}[/bold]")
+        failed = [o for o in outcomes if o.status == "FAILED"]
+        if failed:
+            err_console.print(f"[red]{len(failed)} of {len(outcomes)} runs FAILED:[/red]")
+            for o in failed:
+                err_console.print(f"  {o.spec.run_name} (run {o.run_id}): {o.error}", highlight=False)
+            raise typer.Exit(1)
+
+
+def _grid_text(grid_file: Path, raw: dict, overrides: list[str]) -> str:
+    if not overrides:
+        return grid_file.read_text()
+    import yaml
+
+    return f"# {grid_file} with --set {' --set '.join(overrides)}\n" + yaml.safe_dump(raw, sort_keys=False)
+
+
+def _print_dry_run(experiment, specs) -> None:
+    train = experiment.train
+    table = Table(title=f"{experiment.name}: {len(specs)} runs (dry run, nothing trained)", title_justify="left",
+                  caption=f"every run: epochs={train.epochs} max_steps={train.max_steps} batch_size={train.batch_size} "
+                          f"lr={train.lr}", caption_justify="left")
+    for col in ("#", "run name", "run_key"):
+        table.add_column(col, no_wrap=True)
+    for i, spec in enumerate(specs, 1):
+        table.add_row(str(i), spec.run_name, spec.run_key)
+    console.print(table)

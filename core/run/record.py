@@ -1,0 +1,152 @@
+"""The run record: what attnbench writes into an MLflow run and reads back, in one place.
+
+Every writer (the runner, bench, test fixtures) builds tags through :func:`child_tags` /
+:func:`parent_tags` and these constants; every reader (compare, the matrix, plots) turns an
+MLflow run into a :class:`RunRecord` with :func:`RunRecord.from_mlflow`. Nobody else spells an
+``attnbench.*`` tag, so renaming one is a change to this file alone.
+
+A child run holds:
+
+- tags: :class:`Tag` (task, family, model, seed, run_key, ...), ``mlflow.parentRunId``;
+- params: the resolved grid config, flattened (``model.attention``, ``train.lr``, ...);
+- metrics by prefix: ``train/`` per step, ``val/`` per epoch, ``test/`` at the end,
+  ``test_<override>/`` for ``evaluate_with`` re-evaluations, ``perf/`` (see :data:`PERF`);
+- artifacts: :data:`PREDICTIONS`, :data:`TRACEBACK` (FAILED runs), :data:`CHECKPOINT`,
+  pictures under :data:`PICTURES_DIR`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PREFIX = "attnbench."
+PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own tag that nests a run under its parent
+NOTE = "mlflow.note.content"  # MLflow's run description (the grid file on the parent run)
+
+
+class Tag:
+    """Names of the ``attnbench.*`` tags."""
+
+    ROLE = PREFIX + "role"  # "parent" or "child"
+    GRID = PREFIX + "grid"
+    TASK = PREFIX + "task"
+    KIND = PREFIX + "kind"  # the task kind: classification, span, seq2seq, lm (or "bench")
+    FAMILY = PREFIX + "family"
+    ATTENTION = PREFIX + "attention"  # attention variant, "none" for families without one
+    ATTENTION_FALLBACK = PREFIX + "attention_fallback"  # slot->variant used where the asked one cannot serve
+    MODEL = PREFIX + "model"  # the model label used in run names
+    SEED = PREFIX + "seed"
+    RUN_KEY = PREFIX + "run_key"  # hash of the resolved config: a FINISHED key is never retrained
+    PRIMARY_METRIC = PREFIX + "primary_metric"
+    GREATER_IS_BETTER = PREFIX + "greater_is_better"
+    DEVICE = PREFIX + "device"
+    ERROR = PREFIX + "error"  # one-line reason on FAILED runs
+
+
+ROLE_PARENT = "parent"
+ROLE_CHILD = "child"
+CHILD_FILTER = f"tags.`{Tag.ROLE}` = '{ROLE_CHILD}'"
+PARENT_FILTER = f"tags.`{Tag.ROLE}` = '{ROLE_PARENT}'"
+
+# Metric name prefixes and the perf/ metrics every child run logs.
+TRAIN, VAL, TEST, PERF_PREFIX = "train/", "val/", "test/", "perf/"
+PERF = {
+    "params": "perf/params",
+    "tokens_per_s": "perf/train_tokens_per_s",
+    "wall_s": "perf/wall_s",
+    "train_s": "perf/train_s",
+    "peak_mem_mib": "perf/peak_mem_mib",
+    "steps": "perf/steps",
+}
+
+# Artifact names.
+PREDICTIONS = "predictions.jsonl"
+TRACEBACK = "traceback.txt"
+GRID_FILE = "grid.yaml"
+CHECKPOINT = "checkpoint"  # folder holding model.pt
+PICTURES_DIR = "pictures"
+
+
+def tag(name: str) -> str:
+    """The full tag name for a short one a plugin returns (``attention`` -> ``attnbench.attention``)."""
+    return name if name.startswith(PREFIX) else PREFIX + name
+
+
+def override_prefix(name: str) -> str:
+    """Metric prefix of a test-split re-evaluation with changed attention options."""
+    return f"test_{name}/"
+
+
+def parent_tags(grid: str, note: str = "") -> dict[str, str]:
+    tags = {Tag.ROLE: ROLE_PARENT, Tag.GRID: grid}
+    if note:
+        tags[NOTE] = note
+    return tags
+
+
+def child_tags(*, parent_run_id: str, grid: str, task: str, kind: str, family: str, model: str,
+               seed: int, run_key: str, primary_metric: str, greater_is_better: bool,
+               attention: str = "none", extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The tags of a child run; ``extra`` holds a family's own (short or full) tag names."""
+    tags = {
+        Tag.ROLE: ROLE_CHILD, Tag.GRID: grid, Tag.TASK: task, Tag.KIND: kind, Tag.FAMILY: family,
+        Tag.MODEL: model, Tag.SEED: str(seed), Tag.RUN_KEY: run_key, Tag.PRIMARY_METRIC: primary_metric,
+        Tag.GREATER_IS_BETTER: str(bool(greater_is_better)).lower(), Tag.ATTENTION: attention,
+        PARENT_RUN_ID: parent_run_id,
+    }
+    tags.update({tag(k): str(v) for k, v in (extra or {}).items()})
+    return tags
+
+
+@dataclass
+class RunRecord:
+    """One child run as compare, the matrix and the plots read it."""
+
+    run_id: str
+    name: str
+    status: str
+    task: str
+    kind: str
+    family: str
+    attention: str
+    model: str
+    seed: int | None
+    run_key: str
+    primary_metric: str
+    greater_is_better: bool
+    metrics: dict[str, float]
+    artifact_uri: str
+    parent_run_id: str | None
+    start_time: int = 0
+    error: str = ""  # the runner's Tag.ERROR on FAILED runs
+    tags: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_mlflow(cls, run) -> "RunRecord":
+        """From an ``mlflow.entities.Run`` (as ``search_runs`` returns them)."""
+        tags = run.data.tags
+        seed = tags.get(Tag.SEED)
+        return cls(
+            run_id=run.info.run_id,
+            name=run.info.run_name or tags.get("mlflow.runName", run.info.run_id),
+            status=run.info.status,
+            task=tags.get(Tag.TASK, "?"),
+            kind=tags.get(Tag.KIND, "?"),
+            family=tags.get(Tag.FAMILY, "?"),
+            attention=tags.get(Tag.ATTENTION, "?"),
+            model=tags.get(Tag.MODEL, "?"),
+            seed=int(seed) if seed not in (None, "") and str(seed).lstrip("-").isdigit() else None,
+            run_key=tags.get(Tag.RUN_KEY, run.info.run_id),
+            primary_metric=tags.get(Tag.PRIMARY_METRIC, ""),
+            greater_is_better=tags.get(Tag.GREATER_IS_BETTER, "true").lower() != "false",
+            metrics=dict(run.data.metrics),
+            artifact_uri=run.info.artifact_uri,
+            parent_run_id=tags.get(PARENT_RUN_ID),
+            start_time=run.info.start_time or 0,
+            error=tags.get(Tag.ERROR, ""),
+            tags=dict(tags),
+        )
+
+    @property
+    def is_child(self) -> bool:
+        return self.tags.get(Tag.ROLE, ROLE_CHILD) == ROLE_CHILD
