@@ -39,12 +39,22 @@ class Attention(nn.Module):
     Returns ``(output, weights)``: output ``(batch, q_len, d_model)``; weights
     ``(batch, n_heads, q_len, k_len)`` when requested and ``returns_weights`` is set,
     else ``None``.
+
+    Incremental decoding (only when ``supports_incremental`` is set): a decoder attends
+    from one new position at a time without recomputing the past, as fairseq's
+    incremental state does. ``start_cache`` gives the state, ``forward_step`` consumes one
+    query and returns the updated state, ``reorder_cache`` follows beam search. Stepping
+    through a sequence must give what ``forward`` gives on the whole of it (causal for
+    self-attention); the conformance suite checks this. Variants whose output at a
+    position depends on how long the sequence is (e.g. hashing into buckets) leave the
+    flag False, and models then recompute the whole prefix instead.
     """
 
     supports_causal: ClassVar[bool] = False
     supports_cross: ClassVar[bool] = False
     supports_padding_mask: ClassVar[bool] = False
     returns_weights: ClassVar[bool] = False
+    supports_incremental: ClassVar[bool] = False
     Options: ClassVar[type[BaseModel]] = NoOptions
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, options: BaseModel | None = None):
@@ -64,6 +74,23 @@ class Attention(nn.Module):
             return cls.Options.model_validate(raw or {})
         except ValidationError as exc:
             raise BadInputError(format_validation_error(exc, prefix=where)) from None
+
+    def start_cache(self, context: torch.Tensor | None = None, *, key_padding_mask=None) -> dict:
+        """State for :meth:`forward_step`: empty for causal self-attention (``context`` None);
+        for cross-attention, whatever of ``context`` (batch, k_len, d_model) and its padding
+        mask can be computed once (projected keys and values)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot attend incrementally (supports_incremental=False)")
+
+    def forward_step(self, x: torch.Tensor, cache: dict) -> tuple[torch.Tensor, dict]:
+        """Attend from one new position ``x`` (batch, 1, d_model); returns (output (batch, 1,
+        d_model), new cache). Self-attention adds ``x`` to the keys first, so the query sees
+        every earlier position and itself, which is ``causal=True``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot attend incrementally (supports_incremental=False)")
+
+    @staticmethod
+    def reorder_cache(cache: dict, index: torch.Tensor) -> dict:
+        """Pick batch rows ``index`` (N,) of a cache; every tensor in it is batch-first."""
+        return {key: value.index_select(0, index) if torch.is_tensor(value) else value for key, value in cache.items()}
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, n_heads={self.n_heads}, options={self.options!r}"

@@ -8,6 +8,16 @@ Task kinds and the forward interface each model must offer (masks are bool, True
   ``model.decode(memory, src_padding_mask, tgt_in (B,T)) -> logits (B,T,V)``;
   ``model.reorder_memory(memory, index (N,)) -> memory`` (for beam search);
   ``model(src, src_padding_mask, tgt_in)`` is ``decode(encode(...))``.
+  Optional incremental decoding (fairseq's incremental state), used by the searches when
+  ``model.supports_incremental`` is True; without it they recompute ``decode`` on the whole
+  prefix at every step, so a family that skips this part still works, only slower:
+
+  - ``model.start_decoding(memory, src_padding_mask) -> state``: nothing consumed yet;
+    computes once what every step needs (e.g. cross-attention keys/values).
+  - ``model.decode_step(state, tokens (B,)) -> (logits (B,V), state)``: consume one token
+    per example (BOS first) and score the next; equals ``decode(...)[:, -1]`` on the prefix.
+  - ``model.reorder_decoder_state(state, index (N,)) -> state``: keep/duplicate examples
+    (beam search, dropping finished sentences).
 - ``lm`` (decoder-only, causal): ``model(tokens, padding_mask) -> logits (B,L,V)``
 """
 

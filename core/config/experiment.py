@@ -285,8 +285,8 @@ def expand_grid(experiment: ExperimentFile, host: PluginHost, source: str = "exp
             problems.append(f"{where}: {exc}" if not str(exc).startswith(where) else str(exc))
             continue
         label = entry.get("label") or family.label()
-        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", str(label)):
-            problems.append(f"{where}.label: {label!r} may hold only letters, digits, '_', '.', '-'")
+        if not re.fullmatch(r"[A-Za-z0-9_.+\-]+", str(label)):  # '+': rnn-lstm+additive
+            problems.append(f"{where}.label: {label!r} may hold only letters, digits, '_', '.', '+', '-'")
             continue
         models.append((family_name, family.options, dims, label, entry, family))
 

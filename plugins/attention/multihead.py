@@ -58,7 +58,43 @@ def dense_attention(q, k, v, *, key_padding_mask=None, causal=False, dropout_p=0
     return dropped @ v, weights
 
 
-class MultiHeadAttention(Attention):
+class KeyValueCache:
+    """Incremental decoding for variants with ``q_proj``/``k_proj``/``v_proj``/``out_proj``
+    and dense attention: self-attention appends each new key/value to the cache, and
+    cross-attention projects the context's keys/values once (fairseq's ``static_kv``).
+
+    Mixed in before :class:`Attention`, so its methods replace the base's refusals. Keys and
+    values are cached after projection, so a variant with another scoring rule reuses this
+    by overriding :meth:`attend_cached`."""
+
+    supports_incremental = True
+
+    def start_cache(self, context=None, *, key_padding_mask=None) -> dict:
+        if context is None:
+            return {}
+        return {"keys": split_heads(self.k_proj(context), self.n_heads),
+                "values": split_heads(self.v_proj(context), self.n_heads),
+                "key_padding_mask": key_padding_mask, "cross": True}
+
+    def forward_step(self, x, cache):
+        q = split_heads(self.q_proj(x), self.n_heads)
+        if not cache.get("cross"):
+            keys, values = split_heads(self.k_proj(x), self.n_heads), split_heads(self.v_proj(x), self.n_heads)
+            if cache:
+                keys, values = torch.cat([cache["keys"], keys], dim=2), torch.cat([cache["values"], values], dim=2)
+            cache = {"keys": keys, "values": values}
+        out = self.attend_cached(q, cache["keys"], cache["values"], cache.get("key_padding_mask"))
+        return self.out_proj(merge_heads(out)), cache
+
+    def attend_cached(self, q, keys, values, key_padding_mask):
+        """One query block (B, H, 1, D) against the cached keys/values; variants with another
+        scoring rule override this."""
+        out, _ = dense_attention(q, keys, values, key_padding_mask=key_padding_mask,
+                                 dropout_p=self.dropout if self.training else 0.0)
+        return out
+
+
+class MultiHeadAttention(KeyValueCache, Attention):
     """Standard multi-head attention (Vaswani et al. 2017) over SDPA."""
 
     supports_causal = True

@@ -3,7 +3,8 @@
 This is the single head of "Attention Is All You Need" (Vaswani et al. 2017), kept as the
 simplest point of comparison. ``n_heads`` is accepted for interface compatibility and
 ignored: the module always has one head of width ``d_model``, so ``need_weights`` returns
-``(batch, 1, q_len, k_len)``. The dense path is SDPA.
+``(batch, 1, q_len, k_len)``. The dense path is SDPA; incremental decoding keeps a
+key/value cache (shared with ``multihead``).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 from torch import nn
 
 from attnbench import Attention, hookimpl
-from attnbench.plugins.attention.multihead import dense_attention, merge_heads, split_heads, validate_attention_call
+from attnbench.plugins.attention.multihead import (KeyValueCache, dense_attention, merge_heads, split_heads,
+                                                   validate_attention_call)
 
 
-class VanillaAttention(Attention):
+class VanillaAttention(KeyValueCache, Attention):
     """Single-head attention over the full width; ``n_heads`` is ignored (always 1)."""
 
     supports_causal = True

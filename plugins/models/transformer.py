@@ -12,6 +12,7 @@ family that picks one, and the plugin hook.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -58,8 +59,8 @@ class SinusoidalPositions(nn.Module):
         super().__init__()
         self.d_model = d_model
 
-    def forward(self, length: int, device) -> torch.Tensor:
-        pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
+    def forward(self, length: int, device, start: int = 0) -> torch.Tensor:
+        pos = torch.arange(start, start + length, device=device, dtype=torch.float32)[:, None]
         freq = torch.exp(torch.arange(0, self.d_model, 2, device=device, dtype=torch.float32)
                          * (-math.log(10000.0) / self.d_model))
         table = torch.zeros(length, self.d_model, device=device)
@@ -73,11 +74,11 @@ class LearnedPositions(nn.Module):
         super().__init__()
         self.table = nn.Embedding(max_len, d_model)
 
-    def forward(self, length: int, device) -> torch.Tensor:
-        if length > self.table.num_embeddings:
-            raise ValueError(f"sequence of {length} tokens is longer than the model's position table "
+    def forward(self, length: int, device, start: int = 0) -> torch.Tensor:
+        if start + length > self.table.num_embeddings:
+            raise ValueError(f"sequence of {start + length} tokens is longer than the model's position table "
                              f"({self.table.num_embeddings}); raise the task's max_len")
-        return self.table(torch.arange(length, device=device))
+        return self.table(torch.arange(start, start + length, device=device))
 
 
 class Embedder(nn.Module):
@@ -94,9 +95,10 @@ class Embedder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.token_scale = math.sqrt(tokens.embedding_dim) if isinstance(positions, SinusoidalPositions) else 1.0
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """``start``: position of the first of ``ids`` (non-zero when decoding one step at a time)."""
         x = self.tokens(ids) * self.token_scale
-        return self.dropout(x + self.positions(ids.shape[1], ids.device))
+        return self.dropout(x + self.positions(ids.shape[1], ids.device, start))
 
 
 def call_attention(attn: nn.Module, x, context=None, *, key_padding_mask=None, causal=False):
@@ -142,6 +144,24 @@ class DecoderBlock(nn.Module):
         y = y + self.dropout(call_attention(self.self_attn, self.ln_self(y), causal=True))
         y = y + self.dropout(call_attention(self.cross_attn, self.ln_cross(y), memory, key_padding_mask=memory_padding_mask))
         return y + self.ff(self.ln_ff(y))
+
+    def start_caches(self, memory, memory_padding_mask) -> tuple[dict, dict]:
+        """Caches for :meth:`step`: an empty self-attention cache, cross-attention K/V of ``memory``."""
+        if not self.cross_attn.supports_padding_mask:
+            memory_padding_mask = None
+        return self.self_attn.start_cache(), self.cross_attn.start_cache(memory, key_padding_mask=memory_padding_mask)
+
+    def step(self, y, caches: tuple[dict, dict]):
+        """:meth:`forward` for one new position y (B, 1, d_model), attending through the caches."""
+        self_cache, cross_cache = caches
+        attended, self_cache = self.self_attn.forward_step(self.ln_self(y), self_cache)
+        y = y + self.dropout(attended)
+        attended, cross_cache = self.cross_attn.forward_step(self.ln_cross(y), cross_cache)
+        y = y + self.dropout(attended)
+        return y + self.ff(self.ln_ff(y)), (self_cache, cross_cache)
+
+    def reorder_caches(self, caches: tuple[dict, dict], index) -> tuple[dict, dict]:
+        return self.self_attn.reorder_cache(caches[0], index), self.cross_attn.reorder_cache(caches[1], index)
 
 
 class Encoder(nn.Module):
@@ -199,8 +219,21 @@ class TransformerSpanExtractor(nn.Module):
         return start, end
 
 
+@dataclass
+class DecoderState:
+    """Incremental decoding state: how many target tokens were consumed, and each block's caches."""
+
+    position: int
+    caches: list[tuple[dict, dict]]
+
+
 class TransformerSeq2Seq(nn.Module):
-    """Encoder-decoder (Vaswani et al. 2017) with the seq2seq interface of attnbench.models."""
+    """Encoder-decoder (Vaswani et al. 2017) with the seq2seq interface of attnbench.models.
+
+    Decodes incrementally (KV cache for self-attention, cross-attention K/V computed once)
+    when every decoder attention module has ``supports_incremental``; otherwise
+    ``supports_incremental`` is False and searches recompute the prefix with :meth:`decode`.
+    """
 
     def __init__(self, encoder: Encoder, tgt_embed: Embedder, blocks: list[DecoderBlock], d_model: int, tgt_vocab: int):
         super().__init__()
@@ -222,6 +255,26 @@ class TransformerSeq2Seq(nn.Module):
 
     def reorder_memory(self, memory, index):
         return memory.index_select(0, index)
+
+    @property
+    def supports_incremental(self) -> bool:
+        return all(block.self_attn.supports_incremental and block.cross_attn.supports_incremental
+                   for block in self.blocks)
+
+    def start_decoding(self, memory, src_padding_mask) -> DecoderState:
+        return DecoderState(0, [block.start_caches(memory, src_padding_mask) for block in self.blocks])
+
+    def decode_step(self, state: DecoderState, tokens):
+        """Next-token logits (B, V) after ``tokens`` (B,), which sit at ``state.position``."""
+        y = self.tgt_embed(tokens[:, None], start=state.position)
+        caches = []
+        for block, block_caches in zip(self.blocks, state.caches):
+            y, block_caches = block.step(y, block_caches)
+            caches.append(block_caches)
+        return self.lm_head(self.ln_final(y))[:, 0], DecoderState(state.position + 1, caches)
+
+    def reorder_decoder_state(self, state: DecoderState, index) -> DecoderState:
+        return DecoderState(state.position, [block.reorder_caches(c, index) for block, c in zip(self.blocks, state.caches)])
 
     def forward(self, src, src_padding_mask, tgt_in):
         return self.decode(self.encode(src, src_padding_mask), src_padding_mask, tgt_in)

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from attnbench import Batch, Evaluation, Task, TaskIO, hookimpl
 from attnbench.data import BOS, EOS, PAD, SPECIAL_TOKENS, batch_indices, pad_batch
 
-from .seq2seq_decoding import greedy_search
+from .seq2seq_decoding import greedy_search, length_sorted_batches
 
 SPLITS = ("train", "validation", "test")
 SPLIT_INDEX = {split: i for i, split in enumerate(SPLITS)}
@@ -154,13 +154,15 @@ class ReverseTask(Task):
         self.prepare()
         was_training = model.training
         model.eval()
-        outputs: list[list[int]] = []
+        outputs: list[list[int]] = [[] for _ in self.examples[split]]
         try:
-            for batch in self.batches(split, batch_size, shuffle=False):
-                batch = batch.to(device)
+            for indices in length_sorted_batches([len(r["source"]) for r in self.examples[split]], batch_size):
+                batch = self._batch(split, indices).to(device)
                 max_lens = (~batch["src_padding_mask"]).sum(1) + 1  # the target is as long as the source
-                outputs += greedy_search(model, batch["src"], batch["src_padding_mask"], max_lens,
-                                         bos_id=BOS, eos_id=EOS, pad_id=PAD)
+                decoded = greedy_search(model, batch["src"], batch["src_padding_mask"], max_lens,
+                                        bos_id=BOS, eos_id=EOS, pad_id=PAD)
+                for i, ids in zip(indices, decoded):
+                    outputs[i] = ids
         finally:
             model.train(was_training)
         return outputs

@@ -25,7 +25,7 @@ from attnbench.data import (BOS, EOS, PAD, UNK, DataSource, TokenizerOptions, ba
 from attnbench.errors import BadInputError
 
 from . import synthetic_translation
-from .seq2seq_decoding import beam_search, greedy_search
+from .seq2seq_decoding import beam_search, greedy_search, length_sorted_batches
 
 WHERE = "tasks.translation"
 SPLITS = ("train", "validation", "test")
@@ -161,26 +161,31 @@ class TranslationTask(Task):
 
     # -------------------------------------------------------------- evaluation
 
-    def translate(self, model, split: str, *, batch_size: int, device, decode: DecodeOptions | None = None) -> list[str]:
-        """Detokenized translations of every source in ``split``, in order."""
+    def translate(self, model, split: str, *, batch_size: int, device, decode: DecodeOptions | None = None,
+                  use_cache: bool = True) -> list[str]:
+        """Detokenized translations of every source in ``split``, in order.
+
+        Sources are decoded in batches of similar length (less padding, sentences that end
+        together); ``use_cache=False`` forces full recomputation (benchmarks/bench_decoding.py)."""
         self.prepare()
         decode = decode or self.options.decode
         was_training = model.training
         model.eval()
-        outputs: list[str] = []
+        outputs: list[str] = [""] * len(self.sources[split])
         try:
-            for batch in self.batches(split, batch_size, shuffle=False):
-                batch = batch.to(device)
+            for indices in length_sorted_batches([len(s) for s in self.sources[split]], batch_size):
+                batch = self._batch(split, indices).to(device)
                 src, mask = batch["src"], batch["src_padding_mask"]
                 src_lens = (~mask).sum(1)
                 max_lens = (decode.max_len_a * src_lens + decode.max_len_b).long().clamp(max=self.io.max_tgt_len - 1)
-                common = dict(bos_id=BOS, eos_id=EOS, pad_id=PAD)
+                common = dict(bos_id=BOS, eos_id=EOS, pad_id=PAD, use_cache=use_cache)
                 if decode.strategy == "beam":
                     ids = beam_search(model, src, mask, max_lens, beam_size=decode.beam_size,
                                       length_penalty=decode.length_penalty, **common)
                 else:
                     ids = greedy_search(model, src, mask, max_lens, **common)
-                outputs += self.tokenizer.decode_batch(ids, skip_special_tokens=True)
+                for i, text in zip(indices, self.tokenizer.decode_batch(ids, skip_special_tokens=True)):
+                    outputs[i] = text
         finally:
             model.train(was_training)
         return outputs
