@@ -264,6 +264,40 @@ def check_batch_independence(cls, options) -> None:
             _close("batch", f"example {row} alone vs in a batch (causal={causal})", alone[0][keep], batched[row][keep])
 
 
+def check_incremental(cls, options) -> None:
+    """supports_incremental: one position at a time through start_cache/forward_step gives what
+    forward gives (causal self-attention; cross-attention with padding), and reorder_cache picks rows."""
+    module, x = _build(cls, options, dtype=torch.float64), _inputs(dtype=torch.float64)
+    if not cls.supports_incremental:
+        _expect_refusal("incremental", "supports_incremental", lambda: module.start_cache())
+        raise _Skip
+
+    def stepped(cache, inputs):
+        outputs = []
+        for i in range(inputs.shape[1]):
+            out, cache = module.forward_step(inputs[:, i:i + 1], cache)
+            outputs.append(out)
+        return torch.cat(outputs, dim=1), cache
+
+    index = torch.tensor([2, 0, 0])
+    if cls.supports_causal:
+        full, _ = module(x, causal=True)
+        out, cache = stepped(module.start_cache(), x)
+        _close("incremental", "self-attention one step at a time vs forward(causal=True)", out, full)
+        _, cache = stepped(module.start_cache(), x[:, :5])
+        out, _ = stepped(module.reorder_cache(cache, index), x[index, 5:])
+        _close("incremental", "steps after reorder_cache vs forward on the same rows", out, full[index, 5:])
+    if cls.supports_cross:
+        ctx = _inputs(length=CONTEXT_LENGTH, seed=3, dtype=torch.float64)
+        mask = _padding(length=CONTEXT_LENGTH) if cls.supports_padding_mask else None
+        full, _ = module(x, ctx, key_padding_mask=mask)
+        cache = module.start_cache(ctx, key_padding_mask=mask)
+        out, _ = stepped(cache, x)
+        _close("incremental", "cross-attention one step at a time vs forward", out, full)
+        out, _ = stepped(module.reorder_cache(cache, index), x[index])
+        _close("incremental", "cross-attention after reorder_cache vs forward on the same rows", out, full[index])
+
+
 CHECKS: dict[str, Callable] = {
     "construct": check_construct,
     "shapes": check_shapes,
@@ -276,6 +310,7 @@ CHECKS: dict[str, Callable] = {
     "determinism": check_determinism,
     "dropout": check_dropout,
     "batch": check_batch_independence,
+    "incremental": check_incremental,
 }
 
 

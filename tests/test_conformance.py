@@ -32,7 +32,7 @@ def test_registered_attention_conforms(cls, options, check):
 
 def test_every_builtin_is_enrolled():
     ids = {p.id.split("-")[0] for p in conformance_cases()}
-    assert {"vanilla", "multihead", "sparse", "lsh"} <= ids
+    assert {"vanilla", "multihead", "sparse", "lsh", "additive"} <= ids
 
 
 # --- the suite must catch broken variants, with readable messages -------------------------
@@ -68,8 +68,16 @@ class NoDropout(MultiHeadAttention):
             self.dropout = was
 
 
+class ForgetsThePast(MultiHeadAttention):
+    """Claims incremental decoding but attends only to the newest position."""
+
+    def forward_step(self, x, cache):
+        return super().forward_step(x, {})
+
+
 @pytest.mark.parametrize("cls, check, words", [
     (IgnoresCausal, "causal", "later position"),
+    (ForgetsThePast, "incremental", "one step at a time vs forward(causal=True)"),
     (SilentlyNoCross, "cross", "supports_cross=False but the call succeeded"),
     (LeaksPadding, "padding", "non-padded outputs after changing padded inputs"),
     (NoDropout, "dropout", "changed nothing"),

@@ -144,3 +144,57 @@ def test_unknown_task_kind_is_rejected(host):
     cls = host.model.get("rnn").factory
     with pytest.raises(BadInputError, match="valid: classification"):
         cls(cls.parse_options({})).build(TaskIO(kind="ranking", vocab_size=10), DIMS, host)
+
+
+# ------------------------------------------------------------------ rnn with an attention plugin
+
+
+def test_rnn_with_attention_is_labelled_and_tagged_apart_from_the_baseline(host):
+    baseline, _ = build(host, "rnn", {}, "seq2seq")
+    family, model = build(host, "rnn", {"attention": "additive"}, "seq2seq")
+    assert (baseline.label(), family.label()) == ("rnn-lstm", "rnn-lstm+additive")
+    assert baseline.tags() == {"attnbench.attention": "none"} and not baseline.uses_attention
+    assert family.tags() == {"attnbench.attention": "additive"} and family.uses_attention
+    attention = [m for m in model.modules() if isinstance(m, Attention)]
+    assert [type(m).__name__ for m in attention] == ["AdditiveAttention"]
+
+
+def test_rnn_attention_sees_individual_encoder_states(host):
+    """Without attention the decoder sees only the final summary; with it, changing an early
+    source token changes the output even when the summary path is cut."""
+    tokens, mask = tokens_and_mask([9, 9], 9)
+    changed = tokens.clone()
+    changed[:, 0] = 7 if changed[0, 0] != 7 else 8
+    _, model = build(host, "rnn", {"attention": "additive"}, "seq2seq")
+    tgt = tokens[:, :4]
+    memory, other = model.encode(tokens, mask), model.encode(changed, mask)
+    mixed = memory._replace(states=other.states)  # same summary and initial state, other encoder states
+    assert not torch.allclose(model.decode(memory, mask, tgt), model.decode(mixed, mask, tgt))
+
+
+def test_rnn_attention_errors_name_the_field_and_the_valid_choices(host):
+    cls = host.model.get("rnn").factory
+    family = cls(cls.parse_options({"attention": "lsh"}))
+    cross_capable = sorted(r.name for r in host.attention if r.factory.supports_cross and r.factory.supports_padding_mask)
+    with pytest.raises(BadInputError, match=r"model\.attention: 'lsh' cannot attend .*valid: " + ", ".join(cross_capable)):
+        family.validate(host)
+    with pytest.raises(BadInputError, match=r"model\.attention_options: set only together with model\.attention"):
+        cls(cls.parse_options({"attention_options": {"window": 3}})).validate(host)
+    family = cls(cls.parse_options({"attention": "additive"}))
+    assert family.kinds == ("seq2seq",)
+    with pytest.raises(BadInputError, match="model.attention is set"):
+        family.build(TaskIO(kind="classification", vocab_size=10, n_classes=2), DIMS, host)
+
+
+def test_grid_rejects_rnn_attention_on_a_classification_task(host, tmp_path):
+    from attnbench.config import expand_grid, load_experiment
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("name: g\ngrid:\n  task: [translation, sentiment]\n  model:\n"
+                    "    - {family: rnn, cell: lstm, attention: additive}\n")
+    experiment, _ = load_experiment(grid)
+    with pytest.raises(BadInputError, match=r"model family 'rnn' cannot build a 'classification' model for task 'sentiment'"):
+        expand_grid(experiment, host)
+    grid.write_text(grid.read_text().replace("translation, sentiment", "translation"))
+    experiment, _ = load_experiment(grid)
+    assert [spec.run_name for spec in expand_grid(experiment, host)] == ["translation/rnn-lstm+additive/seed0"]

@@ -110,6 +110,16 @@ def test_beam_search_output_does_not_depend_on_batch_neighbours(tmp_path):
     assert alone[0] == together[2]
 
 
+def test_length_sorted_decoding_returns_translations_in_split_order(tmp_path):
+    task = make_task(tmp_path)
+    _, model = build(task, "rnn", {"attention": "additive"})
+    train_steps(task, model, 10)
+    batched = task.translate(model, "test", batch_size=7, device=CPU)
+    one_by_one = task.translate(model, "test", batch_size=1, device=CPU)
+    assert batched == one_by_one
+    assert task.translate(model, "test", batch_size=7, device=CPU, use_cache=False) == batched
+
+
 # -------------------------------------------------------------------------------- metrics
 
 
@@ -141,10 +151,10 @@ def test_references_are_the_raw_target_text(tmp_path):
 
 def test_a_few_training_steps_lower_the_loss(tmp_path):
     task = make_task(tmp_path)
-    for family in ("transformer", "rnn"):
-        _, model = build(task, family)
+    for family, raw in (("transformer", {}), ("rnn", {}), ("rnn", {"attention": "additive"})):
+        _, model = build(task, family, raw)
         losses = train_steps(task, model, 15)
-        assert losses[-1] < 0.8 * losses[0], family
+        assert losses[-1] < 0.8 * losses[0], (family, raw)
 
 
 # ------------------------------------------------------------------------ models and tags
