@@ -24,6 +24,11 @@ class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# The capability flags every variant declares (class attributes of :class:`Attention`).
+CAPABILITY_FLAGS = ("supports_causal", "supports_cross", "supports_padding_mask", "returns_weights",
+                    "supports_incremental")
+
+
 class Attention(nn.Module):
     """Base class of attention variants.
 

@@ -44,8 +44,9 @@ def plugins(
 
 def _details(kind: str, factory) -> str:
     if kind == "attention":
-        flags = [f for f in ("supports_causal", "supports_cross", "supports_padding_mask", "returns_weights")
-                 if getattr(factory, f, False)]
+        from ..attention import CAPABILITY_FLAGS
+
+        flags = [f for f in CAPABILITY_FLAGS if getattr(factory, f, False)]
         return ", ".join(f.replace("supports_", "") for f in flags)
     if kind == "task":
         return f"{factory.kind}; primary metric {factory.primary_metric}"
