@@ -12,10 +12,11 @@ import contextlib
 from typing import ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from .errors import BadInputError
+from .options import parse_options
 
 
 class NoOptions(BaseModel):
@@ -74,11 +75,8 @@ class Attention(nn.Module):
 
     @classmethod
     def parse_options(cls, raw: dict | None, where: str = "attention_options") -> BaseModel:
-        """Validate a variant's options, turning pydantic errors into a readable BadInputError."""
-        try:
-            return cls.Options.model_validate(raw or {})
-        except ValidationError as exc:
-            raise BadInputError(format_validation_error(exc, prefix=where)) from None
+        """Validate a variant's options (see :func:`attnbench.options.parse_options`)."""
+        return parse_options(cls.Options, raw, where)
 
     def start_cache(self, context: torch.Tensor | None = None, *, key_padding_mask=None) -> dict:
         """State for :meth:`forward_step`: empty for causal self-attention (``context`` None);
@@ -99,19 +97,6 @@ class Attention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, n_heads={self.n_heads}, options={self.options!r}"
-
-
-def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """One line per problem: ``field.path: message (got value)``."""
-    lines = []
-    for err in exc.errors():
-        path = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        got = err.get("input")
-        lines.append(f"{path}: {msg}" + (f" (got {got!r})" if err["type"] != "extra_forbidden" and not isinstance(got, dict) else ""))
-    return "\n".join(lines)
 
 
 @contextlib.contextmanager

@@ -201,7 +201,7 @@ def test_hook_register_models(plugin_dist, workdir, tracking_uri):
     client = MlflowClient(tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("bowgrid").experiment_id],
                               "tags.`attnbench.role` = 'child'")
-    assert [r.info.run_name for r in runs] == ["toy/bow/seed0"]
+    assert [r.info.run_name for r in runs] == ["toy/bow/s0"]
     assert runs[0].data.tags["attnbench.family"] == "bow" and "test/accuracy" in runs[0].data.metrics
     # a family that cannot build the task's kind is rejected before anything trains
     write_grid(workdir / "h.yaml", """

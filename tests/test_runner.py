@@ -47,7 +47,7 @@ def test_run_logs_parent_and_nested_children_by_the_conventions(workdir, trackin
     parent = parents[0]
     assert "grid.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
     assert "toygrid" in parent.data.tags["mlflow.note.content"]
-    assert sorted(r.info.run_name for r in children) == ["toy/rnn-gru/seed0", "toy/transformer-multihead/seed0"]
+    assert sorted(r.info.run_name for r in children) == ["toy/gru/s0", "toy/multihead/s0"]
     for child in children:
         tags, metrics, params = child.data.tags, child.data.metrics, child.data.params
         assert child.info.status == "FINISHED"
@@ -90,8 +90,8 @@ def test_failing_pairing_is_recorded_and_the_grid_goes_on(workdir, tracking_uri)
     assert "2 of 4 runs FAILED" in result.output and "toy task asked to fail in loss" in result.output
     client, parents, children = runs_of(tracking_uri)
     status = {r.info.run_name: r.info.status for r in children}
-    assert status == {"toy_failing/rnn-gru/seed0": "FAILED", "toy_failing/transformer-multihead/seed0": "FAILED",
-                      "toy/rnn-gru/seed0": "FINISHED", "toy/transformer-multihead/seed0": "FINISHED"}
+    assert status == {"toy_failing/gru/s0": "FAILED", "toy_failing/multihead/s0": "FAILED",
+                      "toy/gru/s0": "FINISHED", "toy/multihead/s0": "FINISHED"}
     failed = next(r for r in children if r.info.status == "FAILED")
     tb = open(client.download_artifacts(failed.info.run_id, "traceback.txt", str(workdir))).read()
     assert "ValueError: toy task asked to fail in loss" in tb
@@ -174,8 +174,8 @@ evaluate_with:
     result = invoke(workdir, tracking_uri, grid=grid)
     assert result.exit_code == 0, result.output
     client, _, children = runs_of(tracking_uri)
-    linear = next(r for r in children if r.info.run_name == "toy/transformer-linear/seed0")
-    rnn = next(r for r in children if r.info.run_name == "toy/rnn-gru/seed0")
+    linear = next(r for r in children if r.info.run_name == "toy/linear/s0")
+    rnn = next(r for r in children if r.info.run_name == "toy/gru/s0")
     m = linear.data.metrics
     assert m["test_big_eps/attention_modules_changed"] == 1  # one layer, one linear attention
     assert m["test_lsh8/attention_modules_changed"] == 0  # linear has no n_hashes: unchanged

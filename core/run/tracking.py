@@ -7,9 +7,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import BadInputError
+from ..options import OptionsError, parse_options
 
 CONFIG_FILE = "mlflow.yaml"
 
@@ -39,13 +40,12 @@ def load_tracking_config(path: str | Path | None = None) -> TrackingConfig:
         return TrackingConfig()
     try:
         raw = yaml.safe_load(file.read_text()) or {}
-        return TrackingConfig.model_validate(raw)
     except yaml.YAMLError as exc:
         raise BadInputError(f"{file}: malformed YAML: {exc}") from None
-    except ValidationError as exc:
-        from ..config.experiment import validation_message
-
-        raise BadInputError(f"{file}:\n" + validation_message(exc, TrackingConfig)) from None
+    try:
+        return parse_options(TrackingConfig, raw)
+    except OptionsError as exc:
+        raise OptionsError(exc.problems, source=str(file)) from None
 
 
 def resolve_tracking_uri(flag: str | None = None, config: TrackingConfig | None = None) -> str:

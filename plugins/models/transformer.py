@@ -320,7 +320,7 @@ class TransformerFamily(ModelFamily):
     def validate(self, host) -> None:
         cls = host.attention.get(self.options.attention).factory
         self._attention_cls = cls
-        self._attention_opts = cls.parse_options(self.options.attention_options, where="model.attention_options")
+        self._attention_opts = cls.parse_options(self.options.attention_options, where="attention_options")
 
     def tags(self) -> dict[str, str]:
         tags = {"attnbench.attention": self.options.attention}
