@@ -119,9 +119,10 @@ def describe(exc: ValidationError, model_cls: type[BaseModel], where: str = "", 
         kind = err["type"]
         if kind == "extra_forbidden":
             valid = valid_fields(model_cls, loc)
-            if len(loc) == 1:
+            if valid is not None and len(loc) == 1:
                 valid += [k for k in also_valid if k not in valid]
-            message = "unknown field" + (f"; valid: {', '.join(valid)}" if valid else "")
+            message = "unknown field" + ("" if valid is None else f"; valid: {', '.join(valid)}" if valid
+                                         else "; nothing is valid here (it takes no options)")
         elif kind == "missing":
             message = "required field missing"
         else:
@@ -130,19 +131,20 @@ def describe(exc: ValidationError, model_cls: type[BaseModel], where: str = "", 
     return problems
 
 
-def valid_fields(model_cls: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names valid at ``loc`` (the location of an unknown key) inside ``model_cls``."""
+def valid_fields(model_cls: type[BaseModel], loc: tuple) -> list[str] | None:
+    """Field names valid at ``loc`` (the location of an unknown key) inside ``model_cls``;
+    None when the type there is not known (a free-form dict)."""
     cls: Any = model_cls
     for part in loc[:-1]:
         if isinstance(part, int) or not _is_model(cls):
             continue  # a list index or a dict key keeps the element type found so far
         info = cls.model_fields.get(str(part))
         if info is None:
-            return []
+            return None
         cls = _model_in(info.annotation)
         if cls is None:
-            return []
-    return list(cls.model_fields) if _is_model(cls) else []
+            return None
+    return list(cls.model_fields) if _is_model(cls) else None
 
 
 def _is_model(cls: Any) -> bool:
