@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from ..errors import BadInputError
-from .common import DEFAULT_GRID, PLUGIN_OPTION, TRACKING_OPTION, console, err_console, user_errors
+from .common import (DEFAULT_GRID, PLUGIN_OPTION, TRACKING_OPTION, VERBOSE_OPTION, console, err_console,
+                     report_plugin_problems, user_errors)
 
 
 def run(
@@ -19,6 +20,7 @@ def run(
     device: Optional[str] = typer.Option(None, "--device", help="Force a device: auto, cpu or cuda (overrides train.device)."),
     tracking_uri: Optional[str] = TRACKING_OPTION,
     plugin: Optional[List[str]] = PLUGIN_OPTION,
+    verbose: bool = VERBOSE_OPTION,
     max_memory_gib: float = typer.Option(8.0, "--max-memory-gib", metavar="GIB",
                                          help="Refuse models whose training state is estimated above this (0: no limit)."),
 ):
@@ -35,8 +37,7 @@ def run(
         overrides = list(set_ or [])
         experiment, raw = load_experiment(grid_file, overrides)
         host = get_host(plugin or [])
-        for failure in host.failures:
-            err_console.print(f"[yellow]warning: plugin {failure.plugin} failed ({failure.stage}): {failure.error}[/yellow]")
+        report_plugin_problems(host, verbose)
         plan = plan_grid(experiment, host, source=str(grid_file))
         specs = plan.specs
         from ..run.preflight import preflight
