@@ -1,10 +1,14 @@
 """Efficiency of attention variants against sequence length (the library behind ``attnbench bench``).
 
-Every (variant, length) point is measured in a fresh Python subprocess, so peak memory is
-honest on the CPU too: the worker warms up on a short sequence, records its peak resident set
-size (``resource.getrusage``), runs one forward+backward at the real length and reports the
-growth of the peak. On CUDA it uses ``torch.cuda.max_memory_allocated`` instead. Time is the
-best of a few forward+backward passes in the same worker.
+Every (variant, length) point is measured in a fresh Python subprocess. Peak memory is what
+one forward+backward call itself allocates and holds at its high point: on the CPU from the
+allocation events of torch's profiler (``profile_memory=True``), on CUDA from
+``torch.cuda.max_memory_allocated``. (Resident-set deltas read 0 MiB for small n: the heap
+already held the pages.) Time is the best of a few forward+backward passes in the same worker.
+
+A growth exponent is the slope of a straight line through log(time) against log(n); when
+that line explains the points poorly (R² below :data:`POOR_FIT_R2`) or the slope is
+negative, timings were too noisy to read an exponent from, and the result says so.
 
 Two reference rows need no plugin: ``sdpa`` (bare ``scaled_dot_product_attention`` on
 ``(B, H, n, D)`` tensors, always measured) and ``materialised`` (explicit
@@ -33,6 +37,7 @@ DTYPES = ("float32", "bfloat16")
 DEVICES = ("cpu", "cuda")
 DEFAULT_EXPERIMENT = "attnbench-bench"
 WARMUP_LENGTH = 128
+POOR_FIT_R2 = 0.9
 
 
 @dataclass
@@ -102,11 +107,22 @@ class BenchResult:
         points = self.of(variant)
         return growth_exponent([m.n for m in points], [m.ms for m in points])
 
+    def fit_r2(self, variant: str) -> float | None:
+        """How well a power law explains the variant's times (R² of the log-log line)."""
+        points = self.of(variant)
+        return fit_r2([m.n for m in points], [m.ms for m in points])
+
+    def poor_fit(self, variant: str) -> bool:
+        """True when the growth exponent should not be read (noisy or non-monotone timings)."""
+        exp, r2 = self.growth_exponent(variant), self.fit_r2(variant)
+        return exp is not None and (exp < 0 or (r2 is not None and r2 < POOR_FIT_R2))
+
     def rows(self) -> list[dict]:
         """One JSON-ready dict per (variant, length), as ``--json`` prints them."""
-        exps = {v: self.growth_exponent(v) for v in self.variants()}
+        fits = {v: {"growth_exponent": self.growth_exponent(v), "fit_r2": self.fit_r2(v),
+                    "poor_fit": self.poor_fit(v)} for v in self.variants()}
         common = {k: getattr(self.spec, k) for k in ("device", "dtype", "batch", "heads", "head_dim")}
-        return [asdict(m) | {"growth_exponent": exps[m.variant]} | common for m in self.measurements]
+        return [asdict(m) | fits[m.variant] | common for m in self.measurements]
 
 
 def growth_exponent(lengths: list[int], times: list[float]) -> float | None:
@@ -116,6 +132,21 @@ def growth_exponent(lengths: list[int], times: list[float]) -> float | None:
         return None
     slope, _ = np.polyfit(np.log(lengths), np.log(times), 1)
     return float(slope)
+
+
+def fit_r2(lengths: list[int], times: list[float]) -> float | None:
+    """R² of the least-squares line through (log n, log time); None below three points
+    (two points always fit exactly)."""
+    import numpy as np
+
+    if len(lengths) < 3:
+        return None
+    x, y = np.log(lengths), np.log(times)
+    slope, intercept = np.polyfit(x, y, 1)
+    total = float(((y - y.mean()) ** 2).sum())
+    if total == 0:
+        return 1.0
+    return 1.0 - float(((y - (slope * x + intercept)) ** 2).sum()) / total
 
 
 # --- measuring one point (in a subprocess) --------------------------------------------------
@@ -194,9 +225,23 @@ def _attention_class(name: str):
     return get_host().attention.get(name).factory
 
 
-def _worker(job: dict) -> dict:
-    import resource
+def peak_allocated_bytes(step) -> int:
+    """Peak of the bytes ``step()`` allocates on the CPU and has not freed yet, from the
+    allocation events torch's profiler records (tensors only: torch's own allocator)."""
+    from torch.profiler import ProfilerActivity, profile
 
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()  # negative for a free
+        peak = max(peak, live)
+    return peak
+
+
+def _worker(job: dict) -> dict:
     import torch
 
     spec = BenchSpec(**job["spec"])
@@ -212,9 +257,7 @@ def _worker(job: dict) -> dict:
         step()
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-        step()
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024
+        peak = peak_allocated_bytes(step)
     best = math.inf
     for _ in range(spec.repeats):
         start = time.perf_counter()
@@ -275,17 +318,25 @@ def plot_loglog(result: BenchResult, path: Path) -> Path:
     return path
 
 
-def log_to_mlflow(result: BenchResult, tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT) -> dict[str, str]:
+def log_to_mlflow(result: BenchResult, tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT,
+                  artifact_root_uri: str | None = None) -> dict[str, str]:
     """One MLflow run per variant: metrics stepped by n, the growth exponent, the log-log PNG.
 
-    Returns ``{variant: run_id}``.
+    Artifacts go under ``artifact_root_uri`` (default: ``artifact_location`` of mlflow.yaml),
+    like every other command's. Returns ``{variant: run_id}``.
     """
     import tempfile
 
     import mlflow
+    from mlflow.tracking import MlflowClient
 
+    from .run.tracking import artifact_root, check_artifact_root_writable, check_writable, get_or_create_experiment
+
+    root = artifact_root_uri or artifact_root()
+    check_writable(tracking_uri)
+    check_artifact_root_writable(root)
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment)
+    mlflow.set_experiment(experiment_id=get_or_create_experiment(MlflowClient(tracking_uri), experiment, root))
     s = result.spec
     run_ids = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -303,6 +354,9 @@ def log_to_mlflow(result: BenchResult, tracking_uri: str, experiment: str = DEFA
                 exp = result.growth_exponent(variant)
                 if exp is not None:
                     mlflow.log_metric("growth_exponent", exp)
+                r2 = result.fit_r2(variant)
+                if r2 is not None:
+                    mlflow.log_metric("growth_fit_r2", r2)
                 mlflow.log_artifact(str(png))
                 run_ids[variant] = run.info.run_id
     return run_ids

@@ -10,8 +10,9 @@ from typing import Annotated
 
 import typer
 
-from ..bench import DEFAULT_EXPERIMENT, REFERENCE, BenchResult, BenchSpec, log_to_mlflow, run_bench
+from ..bench import DEFAULT_EXPERIMENT, POOR_FIT_R2, REFERENCE, BenchResult, BenchSpec, log_to_mlflow, run_bench
 from ..errors import BadInputError
+from .common import user_errors
 
 
 def _int_list(raw: str, flag: str) -> list[int]:
@@ -43,10 +44,16 @@ def bench(
     experiment: Annotated[str, typer.Option(help="MLflow experiment for the runs (one run per variant).")] = DEFAULT_EXPERIMENT,
 ) -> None:
     """Time forward+backward and measure peak memory per variant and length, against dense SDPA."""
+    with user_errors():
+        _bench(attention, lengths, device, dtype, batch, heads, head_dim, json_output, tracking_uri, experiment)
+
+
+def _bench(attention, lengths, device, dtype, batch, heads, head_dim, json_output, tracking_uri, experiment) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..plugin_host import get_host
+    from ..run.tracking import artifact_root, check_artifact_root_writable, check_writable, load_tracking_config
 
     spec = BenchSpec(
         variants=[v.strip() for v in attention.split(",") if v.strip()],
@@ -55,6 +62,9 @@ def bench(
     )
     spec.validate(get_host())
     uri = _tracking_uri(tracking_uri)
+    root = artifact_root(load_tracking_config())
+    check_writable(uri)  # before measuring for minutes, not after
+    check_artifact_root_writable(root)
     total = len(spec.lengths) * len({REFERENCE, *spec.variants})
     err = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -65,7 +75,7 @@ def bench(
             progress.update(task, advance=1, description=f"{m.variant} n={m.n}: {m.ms:.1f} ms")
 
         result = run_bench(spec, on_point=on_point)
-    run_ids = log_to_mlflow(result, uri, experiment)
+    run_ids = log_to_mlflow(result, uri, experiment, root)
     if json_output:
         for row in result.rows():
             typer.echo(json.dumps(row))
@@ -89,7 +99,14 @@ def print_table(result: BenchResult, console) -> None:
     growth = Table(title="growth exponent (slope of log time vs log n)")
     growth.add_column("variant")
     growth.add_column("exponent", justify="right")
+    growth.add_column("fit R²", justify="right")
     for variant in result.variants():
-        exp = result.growth_exponent(variant)
-        growth.add_row(variant, "-" if exp is None else f"{exp:.2f}")
+        exp, r2 = result.growth_exponent(variant), result.fit_r2(variant)
+        flag = " [yellow]poor fit[/yellow]" if result.poor_fit(variant) else ""
+        growth.add_row(variant, "-" if exp is None else f"{exp:.2f}{flag}", "-" if r2 is None else f"{r2:.2f}")
     console.print(growth)
+    poor = [v for v in result.variants() if result.poor_fit(v)]
+    if poor:
+        console.print(f"[yellow]warning: the timings of {', '.join(poor)} do not follow a power law (negative "
+                      f"exponent or R² < {POOR_FIT_R2}): too noisy to read a growth exponent; use longer or more "
+                      "--lengths, or a quieter machine[/yellow]")

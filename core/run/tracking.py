@@ -70,7 +70,8 @@ def artifact_root(config: TrackingConfig | None = None) -> str:
     return loc if "://" in loc else Path(loc).resolve().as_uri()
 
 
-def check_writable(uri: str) -> None:
+def check_writable(uri: str, what: str = "tracking location",
+                   fix: str = "--tracking-uri, $MLFLOW_TRACKING_URI or tracking_uri in mlflow.yaml") -> None:
     """Fail early, before training anything, when a local store cannot be written."""
     local: Path | None = None
     if uri.startswith("sqlite:///"):
@@ -86,15 +87,12 @@ def check_writable(uri: str) -> None:
     blocked = (target != local and not target.is_dir()) or not os.access(target, os.W_OK)
     if blocked:
         reason = f"{target} is not a directory" if not target.is_dir() and target != local else f"{target} denies writing"
-        raise BadInputError(
-            f"tracking location {uri} is not writable ({reason}); "
-            "choose another with --tracking-uri, $MLFLOW_TRACKING_URI or tracking_uri in mlflow.yaml"
-        )
+        raise BadInputError(f"{what} {uri} is not writable ({reason}); choose another with {fix}")
 
 
 def check_artifact_root_writable(root: str) -> None:
     if root.startswith("file:"):
-        check_writable(root)
+        check_writable(root, "artifact location", "artifact_location in mlflow.yaml")
 
 
 def get_or_create_experiment(client, name: str, artifact_root_uri: str) -> str:
