@@ -101,10 +101,12 @@ def test_failing_pairing_is_recorded_and_the_grid_goes_on(workdir, tracking_uri)
     assert again.output.count("already FINISHED") == 2 and again.exit_code == 1
 
 
-def test_failure_in_prepare_fails_that_tasks_pairings(workdir, tracking_uri):
+def test_failure_in_prepare_stops_the_grid_in_preflight(workdir, tracking_uri):
+    """Data problems show in the preflight, before any run exists (exit 2)."""
     result = invoke(workdir, tracking_uri, "--set", "tasks.toy.fail_at=prepare")
-    assert result.exit_code == 1 and "toy task asked to fail in prepare" in result.output
-    assert {r.info.status for r in runs_of(tracking_uri)[2]} == {"FAILED"}
+    assert result.exit_code == 2 and "toy task asked to fail in prepare" in result.output
+    assert "preflight (nothing was trained)" in result.output
+    assert MlflowClient(tracking_uri).get_experiment_by_name("toygrid") is None
 
 
 def test_nan_loss_fails_the_run(workdir, tracking_uri):
