@@ -119,3 +119,51 @@ def test_third_party_plugin_is_enrolled(monkeypatch, tmp_path):
     assert len(mine) == len(conformance_cases(host)) // len(host.attention)
     cls, options, check = mine[0].values
     assert issubclass(cls, Attention) and run_check(cls, check, options).status == "passed"
+
+
+# --- tasks and model families: every registered one, through the public helpers --------------
+
+from attnbench.plugin_host import get_host  # noqa: E402
+from attnbench.testing import check_model_family, check_task  # noqa: E402
+
+# Lengths chosen per family by its author: long enough to reach bucketed/chunked paths.
+FAMILY_LENGTHS = {"transformer": (5, 40), "rnn": (5, 40)}
+
+
+def _small(cls) -> dict:
+    """Small data for tasks that take a ``data`` section (sizes only; everything else default)."""
+    return {"data": {"n_train": 48, "n_validation": 8, "n_test": 8}} if "data" in cls.Options.model_fields else {}
+
+
+@pytest.mark.parametrize("name", [r.name for r in sorted(get_host().task, key=lambda r: r.name)])
+def test_registered_task_conforms(name, tmp_path):
+    cls = get_host().task.get(name).factory
+    check_task(cls, _small(cls), cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("name", [r.name for r in sorted(get_host().model, key=lambda r: r.name)])
+def test_registered_model_family_conforms(name):
+    check_model_family(get_host().model.get(name).factory, lengths=FAMILY_LENGTHS.get(name, (12,)))
+
+
+def test_task_and_family_checks_catch_broken_plugins(tmp_path):
+    reverse = get_host().task.get("reverse").factory
+
+    class LossWithoutGradient(reverse):
+        def loss(self, model, batch):
+            return torch.tensor(1.0, requires_grad=True)
+
+    with pytest.raises(ConformanceError, match=r"\[loss\] the loss does not reach any model parameter"):
+        check_task(LossWithoutGradient, _small(reverse), cache_dir=tmp_path)
+
+    family = get_host().model.get("rnn").factory
+
+    class WrongShape(family):
+        kinds = ("classification",)
+
+        def build(self, io, dims, host):
+            model = super().build(io, dims, host)
+            return lambda tokens, pad: model(tokens, pad)[:, :1]
+
+    with pytest.raises(ConformanceError, match=r"\[classification@5\] logits: expected shape \(2, 3\), got \(2, 1\)"):
+        check_model_family(WrongShape, lengths=(5,))
