@@ -273,7 +273,7 @@ class RNNFamily(ModelFamily):
             raise BadInputError(f"model.attention: {self.options.attention!r} cannot attend from decoder to encoder states "
                                 f"(needs supports_cross and supports_padding_mask); valid: {', '.join(usable)}")
         self._attention_cls = cls
-        self._attention_opts = cls.parse_options(self.options.attention_options, where="model.attention_options")
+        self._attention_opts = cls.parse_options(self.options.attention_options, where="attention_options")
 
     def build(self, io: TaskIO, dims: ModelDims, host) -> nn.Module:
         if io.kind not in self.kinds:
