@@ -27,7 +27,8 @@ def run(
     """Train every pairing of a grid (default: experiments/quick.yaml) and log it to MLflow."""
     from ..config import load_experiment, plan_grid
     from ..plugin_host import get_host
-    from ..run.tracking import artifact_root, load_tracking_config, resolve_tracking_uri
+    from ..run.tracking import (artifact_root, check_artifact_root_writable, check_writable, load_tracking_config,
+                                resolve_tracking_uri)
 
     with user_errors():
         if device not in (None, "auto", "cpu", "cuda"):
@@ -40,9 +41,18 @@ def run(
         report_plugin_problems(host, verbose)
         plan = plan_grid(experiment, host, source=str(grid_file))
         specs = plan.specs
+        tracking = load_tracking_config()
+        uri = resolve_tracking_uri(tracking_uri, tracking)
+        if not dry_run:  # a store that cannot be written is known before minutes of data loading
+            check_writable(uri)
+            check_artifact_root_writable(artifact_root(tracking))
         from ..run.preflight import preflight
 
-        checked = preflight(specs, host, device=device, max_memory_gib=max_memory_gib, source=str(grid_file))
+        try:
+            checked = preflight(specs, host, device=device, max_memory_gib=max_memory_gib, source=str(grid_file))
+        except KeyboardInterrupt:
+            err_console.print("\n[yellow]interrupted during the preflight: nothing was trained or written[/yellow]")
+            raise typer.Exit(130) from None
         for warning in checked.warnings:
             err_console.print(f"[yellow]warning: {warning}[/yellow]", highlight=False)
         if dry_run:
@@ -50,8 +60,6 @@ def run(
             return
         for skipped in plan.skipped:
             err_console.print(f"[dim]skip {skipped.task}/{skipped.model_label}: {skipped.reason}[/dim]", highlight=False)
-        tracking = load_tracking_config()
-        uri = resolve_tracking_uri(tracking_uri, tracking)
         grid_text = _grid_text(grid_file, raw, overrides)
         from ..compare.report import summarize_grid_to_parent
         from ..run.runner import GridRunner, summary_tables
