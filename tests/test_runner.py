@@ -54,6 +54,7 @@ def test_run_logs_parent_and_nested_children_by_the_conventions(workdir, trackin
         assert tags["mlflow.parentRunId"] == parent.info.run_id
         assert tags["attnbench.task"] == "toy" and tags["attnbench.kind"] == "classification"
         assert tags["attnbench.primary_metric"] == "accuracy" and len(tags["attnbench.run_key"]) == 16
+        assert tags["attnbench.description"].startswith(f"task toy, model {tags['attnbench.model']} (family ")
         assert tags["attnbench.attention"] == ("none" if tags["attnbench.family"] == "rnn" else "multihead")
         assert params["train.lr"] == "0.003" and params["model.family"] == tags["attnbench.family"]
         for key in ("train/loss", "val/accuracy", "test/accuracy", "perf/params", "perf/train_tokens_per_s",
