@@ -1,7 +1,8 @@
 """Model family ``rnn``: LSTM/GRU baselines that use no attention, and the same seq2seq model with it.
 
 - classification: (bi)LSTM/GRU encoder, masked mean pooling over its outputs, linear head.
-- span: (bi)LSTM/GRU encoder with start/end heads.
+- span: (bi)LSTM/GRU encoder with the question-aware span head shared with the transformer
+  (span_head.py); no question-match input unless ``question_match: true`` (the ablation).
 - seq2seq: encoder-decoder in the style of Sutskever et al. 2014 / Cho et al. 2014. The
   decoder's initial state is computed from the encoder's final state, and that same summary
   vector is fed to every decoder step next to the previous token (Cho et al.). The decoder

@@ -12,8 +12,12 @@ encoder's states ``h`` (B, L, D) and scores every position:
   distribution, so the end is predicted knowing where the answer starts (Wang & Jiang 2017's
   answer pointer; BiDAF and R-Net do the same).
 
-Neither term mixes positions other than through ``q`` and ``s``, two pooled vectors, so the
-head adds no attention to a family that has none.
+The head relates positions only through ``q`` (a plain mean) and ``s`` (pooled by the start
+distribution, the head's own output): no learned attention between positions, so a family
+without attention stays without it.
+
+``QuestionMatch`` is the optional input feature that marks context tokens repeating a question
+word; each family decides whether its span model uses it (docs/tasks.md, qa).
 """
 
 from __future__ import annotations
