@@ -396,7 +396,7 @@ def test_end_logits_condition_on_the_start():
 
 @pytest.mark.parametrize("family,raw,has_match", [
     ("transformer", {}, True), ("transformer", {"question_match": False}, False),
-    ("rnn", {}, False), ("rnn", {"question_match": True}, True)])
+    ("rnn", {}, True), ("rnn", {"question_match": False}, False)])
 def test_span_models_shapes_and_question_match_option(family, raw, has_match):
     from attnbench import TaskIO
     from attnbench.plugin_host import get_host

@@ -2,7 +2,8 @@
 
 - classification: (bi)LSTM/GRU encoder, masked mean pooling over its outputs, linear head.
 - span: (bi)LSTM/GRU encoder with the question-aware span head shared with the transformer
-  (span_head.py); no question-match input unless ``question_match: true`` (the ablation).
+  (span_head.py) and the question-match input, as the transformer has (``question_match: false``
+  turns it off for both).
 - seq2seq: encoder-decoder in the style of Sutskever et al. 2014 / Cho et al. 2014. The
   decoder's initial state is computed from the encoder's final state, and that same summary
   vector is fed to every decoder step next to the previous token (Cho et al.). The decoder
@@ -47,7 +48,7 @@ class RNNOptions(BaseModel):
     attention_options: dict = Field(default_factory=dict, description="options of that variant")
     # Off by default: the baseline aligns nothing between question and context; it must carry
     # the question in its state (the Deep LSTM Reader of Hermann et al. 2015). On: the ablation.
-    question_match: bool = Field(False, description="span models: mark context tokens that occur in the question")
+    question_match: bool = Field(True, description="span models: mark context tokens that occur in the question (span_head.py); the same default as the transformer, so the comparison changes one thing")
 
 
 def make_rnn(cell: str, input_size: int, hidden: int, n_layers: int, dropout: float, bidirectional: bool) -> nn.RNNBase:
