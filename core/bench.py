@@ -4,7 +4,8 @@ Every (variant, length) point is measured in a fresh Python subprocess. Peak mem
 one forward+backward call itself allocates and holds at its high point: on the CPU from the
 allocation events of torch's profiler (``profile_memory=True``), on CUDA from
 ``torch.cuda.max_memory_allocated``. (Resident-set deltas read 0 MiB for small n: the heap
-already held the pages.) Time is the best of a few forward+backward passes in the same worker.
+already held the pages.) Time is the best of a few forward+backward passes in the same worker,
+under glibc's default allocator settings, as in a training process.
 
 A growth exponent is the slope of a straight line through log(time) against log(n); when
 that line explains the points poorly (R² below :data:`POOR_FIT_R2`) or the slope is
@@ -14,6 +15,8 @@ Two reference rows need no plugin: ``sdpa`` (bare ``scaled_dot_product_attention
 ``(B, H, n, D)`` tensors, always measured) and ``materialised`` (explicit
 ``softmax(QK^T / sqrt(D)) V``, the memory yardstick of a full attention matrix).
 Variants are measured as whole modules (projections included) with default options.
+A variant name is resolved through the plugin host (built-ins, installed plugins and
+``--plugin`` modules alike); the worker imports the class the host resolved.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class BenchSpec:
     repeats: int = 3
     options: dict[str, dict] = field(default_factory=dict)
     threads: int | None = None  # torch threads in the worker; None keeps torch's default
+    plugins: list[str] = field(default_factory=list)  # extra plugin modules (--plugin), as for run
 
     def validate(self, host=None) -> None:
         """Raise BadInputError naming the flag when something cannot be measured."""
@@ -154,10 +158,12 @@ def fit_r2(lengths: list[int], times: list[float]) -> float | None:
 
 def measure(variant: str, n: int, spec: BenchSpec, timeout: float = 1800) -> Measurement:
     """Measure one (variant, length) point in a fresh interpreter; errors come back as AttnbenchError."""
-    job = {"variant": variant, "n": n, "spec": asdict(spec)}
-    # A fixed mmap threshold makes glibc return freed large blocks to the OS at once, so the
-    # peak RSS follows live tensors instead of whatever the heap kept cached.
-    env = {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024)} | os.environ
+    job = {"variant": variant, "n": n, "spec": asdict(spec), "factory": resolve_factory(variant, spec)}
+    # No fixed MALLOC_MMAP_THRESHOLD_ (peak memory comes from the profiler's allocation
+    # events): timed under a 64 KiB threshold, every large tensor was a fresh mmap whose pages
+    # the kernel zero-fills, which doubled the time of allocation-heavy variants. The worker
+    # sees this interpreter's sys.path, so it can import what the host resolved here.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     proc = subprocess.run(
         [sys.executable, "-m", "attnbench.bench", "--worker", json.dumps(job)],
         capture_output=True, text=True, timeout=timeout, env=env,
@@ -169,7 +175,7 @@ def measure(variant: str, n: int, spec: BenchSpec, timeout: float = 1800) -> Mea
     return Measurement(variant, n, data["ms"], data["peak_mib"])
 
 
-def _build_step(variant: str, n: int, spec: BenchSpec):
+def _build_step(variant: str, n: int, spec: BenchSpec, factory: str | None = None):
     """A zero-argument callable running one forward+backward of ``variant`` at length ``n``."""
     import torch
     import torch.nn.functional as F
@@ -190,7 +196,7 @@ def _build_step(variant: str, n: int, spec: BenchSpec):
                 return F.scaled_dot_product_attention(q, k, v)
             return torch.softmax((q @ k.transpose(-1, -2)) / math.sqrt(d), dim=-1) @ v
     else:
-        cls = _attention_class(variant)
+        cls = _import_factory(factory)
         torch.manual_seed(0)
         module = cls(h * d, h, 0.0, options=cls.parse_options(spec.options.get(variant))).to(device, dtype)
         x = rand(b, n, h * d)
@@ -207,22 +213,31 @@ def _build_step(variant: str, n: int, spec: BenchSpec):
     return step
 
 
-def _attention_class(name: str):
-    """A built-in variant straight from its module (fast start), else through full discovery."""
-    import importlib
+def resolve_factory(variant: str, spec: BenchSpec) -> str | None:
+    """``module:qualname`` of the class the plugin host registers under ``variant``.
 
-    try:
-        module = importlib.import_module(f"attnbench.plugins.attention.{name}")
-    except ImportError:
-        module = None
-    found = {}
-    if module is not None and hasattr(module, "register_attention"):
-        module.register_attention(lambda reg_name, factory, **meta: found.setdefault(reg_name, factory))
-    if name in found:
-        return found[name]
+    None for the built-in reference rows. Unknown names raise BadInputError with the valid
+    choices; a class the worker could not import by name is also refused here.
+    """
+    if variant in BUILTIN_REFERENCES:
+        return None
     from .plugin_host import get_host
 
-    return get_host().attention.get(name).factory
+    cls = get_host(spec.plugins).attention.get(variant).factory
+    if "<locals>" in cls.__qualname__:
+        raise BadInputError(f"--attention: {variant!r} ({cls.__qualname__}) is defined inside a function; "
+                            "the bench worker can only import module-level classes")
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _import_factory(path: str):
+    import importlib
+
+    module_name, qualname = path.split(":")
+    obj = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def peak_allocated_bytes(step) -> int:
@@ -247,9 +262,9 @@ def _worker(job: dict) -> dict:
     spec = BenchSpec(**job["spec"])
     if spec.threads:
         torch.set_num_threads(spec.threads)
-    variant, n = job["variant"], job["n"]
-    _build_step(variant, min(WARMUP_LENGTH, n), spec)()  # load kernels and thread pools first
-    step = _build_step(variant, n, spec)
+    variant, n, factory = job["variant"], job["n"], job.get("factory")
+    _build_step(variant, min(WARMUP_LENGTH, n), spec, factory)()  # load kernels and thread pools first
+    step = _build_step(variant, n, spec, factory)
     if spec.device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

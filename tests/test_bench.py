@@ -105,3 +105,29 @@ def test_cpu_peak_memory_counts_the_call_own_allocations():
     peak = peak_allocated_bytes(step)
     assert peak >= 2 * n * n * 4  # at least the score matrix and its softmax, float32
     assert peak < 64 * 2 * n * n * 4
+
+
+def test_bench_measures_a_third_party_variant_resolved_by_the_plugin_host(plugin_dist, tmp_path, monkeypatch):
+    """The example distribution's ``linear`` (an entry point, not a built-in) is benchmarked."""
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parents[1] / "examples" / "attnbench-example-plugin" / "attnbench_example_plugin.py").read_text()
+    plugin_dist("attnbench-example-plugin", {"attnbench_example_plugin": source}, {"linear": "attnbench_example_plugin"})
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    result = CliRunner().invoke(bench_app(), [
+        "bench", "--attention", "linear", "--lengths", "32", "--heads", "2", "--head-dim", "8",
+        "--json", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+    ])
+    assert result.exit_code == 0, result.output
+    rows = {json.loads(line)["variant"]: json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")}
+    assert set(rows) == {"sdpa", "linear"} and rows["linear"]["ms"] > 0
+
+
+def test_resolve_factory_follows_the_plugin_host():
+    from attnbench.bench import resolve_factory
+
+    spec = BenchSpec(variants=["toy"], lengths=[8], plugins=["attnbench_test_plugins"])
+    assert resolve_factory("sdpa", spec) is None
+    assert resolve_factory("sparse", spec) == "attnbench.plugins.attention.sparse:SparseAttention"
+    with pytest.raises(BadInputError, match="unknown attention 'linearr'"):
+        resolve_factory("linearr", spec)

@@ -6,13 +6,13 @@ A plain function with typer annotations; ``attnbench.cli.app`` registers it as a
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, List, Optional
 
 import typer
 
 from ..bench import DEFAULT_EXPERIMENT, POOR_FIT_R2, REFERENCE, BenchResult, BenchSpec, log_to_mlflow, run_bench
 from ..errors import BadInputError
-from .common import user_errors
+from .common import PLUGIN_OPTION, user_errors
 
 
 def _int_list(raw: str, flag: str) -> list[int]:
@@ -42,6 +42,7 @@ def bench(
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object per (variant, length) instead of a table.")] = False,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, then mlflow.yaml).")] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment for the runs (one run per variant).")] = DEFAULT_EXPERIMENT,
+    plugin: Optional[List[str]] = PLUGIN_OPTION,
 ) -> None:
     """Time forward+backward and measure peak memory per variant and length, against dense SDPA."""
     with user_errors():
@@ -58,9 +59,9 @@ def _bench(attention, lengths, device, dtype, batch, heads, head_dim, json_outpu
     spec = BenchSpec(
         variants=[v.strip() for v in attention.split(",") if v.strip()],
         lengths=_int_list(lengths, "--lengths"),
-        device=device, dtype=dtype, batch=batch, heads=heads, head_dim=head_dim,
+        device=device, dtype=dtype, batch=batch, heads=heads, head_dim=head_dim, plugins=list(plugin or []),
     )
-    spec.validate(get_host())
+    spec.validate(get_host(spec.plugins))
     uri = _tracking_uri(tracking_uri)
     root = artifact_root(load_tracking_config())
     check_writable(uri)  # before measuring for minutes, not after
