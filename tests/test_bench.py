@@ -114,6 +114,7 @@ def test_bench_measures_a_third_party_variant_resolved_by_the_plugin_host(plugin
     source = (Path(__file__).resolve().parents[1] / "examples" / "attnbench-example-plugin" / "attnbench_example_plugin.py").read_text()
     plugin_dist("attnbench-example-plugin", {"attnbench_example_plugin": source}, {"linear": "attnbench_example_plugin"})
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.chdir(tmp_path)  # mlflow.yaml's artifact location (./mlartifacts) is relative to here
     result = CliRunner().invoke(bench_app(), [
         "bench", "--attention", "linear", "--lengths", "32", "--heads", "2", "--head-dim", "8",
         "--json", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",

@@ -46,10 +46,11 @@ def bench(
 ) -> None:
     """Time forward+backward and measure peak memory per variant and length, against dense SDPA."""
     with user_errors():
-        _bench(attention, lengths, device, dtype, batch, heads, head_dim, json_output, tracking_uri, experiment)
+        _bench(attention, lengths, device, dtype, batch, heads, head_dim, json_output, tracking_uri, experiment, plugin)
 
 
-def _bench(attention, lengths, device, dtype, batch, heads, head_dim, json_output, tracking_uri, experiment) -> None:
+def _bench(attention, lengths, device, dtype, batch, heads, head_dim, json_output, tracking_uri, experiment,
+           plugin=None) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
