@@ -99,7 +99,7 @@ def test_metrics_equal_sklearn_on_predictions(tmp_path):
 def test_accuracy_per_construction_is_recomputable_from_the_predictions(tmp_path):
     task = make_task(tmp_path)
     ev = task.evaluate(build(task, "rnn"), "test", batch_size=16, device=torch.device("cpu"))
-    generated = {r["id"]: r["construction"] for r in synthetic_sentiment.generate(60, seed=0, split="test")}
+    generated = {r["id"]: r["construction"] for r in synthetic_sentiment.generate(60, task.options.data.seed, "test")}
     assert all(p["construction"] == generated[p["id"]] for p in ev.predictions)
     for construction in synthetic_sentiment.CONSTRUCTIONS:
         picked = [p for p in ev.predictions if p["construction"] == construction]
@@ -226,3 +226,10 @@ def test_unlabelled_split_is_a_clear_error(tmp_path):
     task = make_task(tmp_path, data={"source": "datasets", "path": str(data)})
     with pytest.raises(BadInputError, match=r"split 'test' row 0 has label -1.*splits\.test=validation"):
         task.prepare()
+
+
+def test_study_grid_is_valid(workdir):
+    study = Path(__file__).resolve().parents[1] / "experiments" / "sentiment_study.yaml"
+    result = CliRunner().invoke(app, ["run", str(study), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "15 runs" in result.output and "sentiment/mh-first/seed2" in result.output
