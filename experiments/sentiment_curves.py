@@ -1,10 +1,11 @@
 """Learning curves of a grid: a validation metric against optimiser steps, mean ± std over seeds.
 
-    python experiments/sentiment_curves.py EXPERIMENT [--metric val/accuracy] [--png curves.png]
+    python experiments/sentiment_curves.py EXPERIMENT [EXPERIMENT ...] [--metric val/accuracy] [--png curves.png]
 
-Reads the finished child runs of an MLflow experiment (the store named by --tracking-uri,
+Reads the finished child runs of MLflow experiments (the store named by --tracking-uri,
 $MLFLOW_TRACKING_URI or mlflow.yaml, as for `attnbench compare`) and prints a markdown
-table: a row per evaluation, a column per model. The runner logs ``val/*`` once per epoch
+table: a row per evaluation, a column per model (``model (experiment)`` when several
+experiments are given). The runner logs ``val/*`` once per epoch
 with the epoch as its step, so steps are ``epoch * ceil(n_train / batch_size)``, capped by
 ``train.max_steps``. Written for the sentiment study in docs/tasks.md; works for any grid.
 """
@@ -28,15 +29,17 @@ def optimiser_steps(params: dict[str, str], epoch: int) -> int:
     return min(steps, int(max_steps)) if max_steps not in ("None", "") else steps
 
 
-def curves(client, experiment: str, metric: str) -> dict[str, dict[int, list[float]]]:
-    """model label -> optimiser step -> the metric's value in each seed's run."""
-    exp = find_experiment(client, experiment)
-    finished, _, _ = select_attempts(fetch_child_runs(client, exp.experiment_id))
+def curves(client, experiments: list[str], metric: str) -> dict[str, dict[int, list[float]]]:
+    """curve label -> optimiser step -> the metric's value in each seed's run."""
     out: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for record in finished:
-        params = client.get_run(record.run_id).data.params
-        for point in client.get_metric_history(record.run_id, metric):
-            out[record.model][optimiser_steps(params, point.step)].append(point.value)
+    for experiment in experiments:
+        exp = find_experiment(client, experiment)
+        finished, _, _ = select_attempts(fetch_child_runs(client, exp.experiment_id))
+        for record in finished:
+            label = record.model if len(experiments) == 1 else f"{record.model} ({experiment})"
+            params = client.get_run(record.run_id).data.params
+            for point in client.get_metric_history(record.run_id, metric):
+                out[label][optimiser_steps(params, point.step)].append(point.value)
     return out
 
 
@@ -64,30 +67,30 @@ def save_figure(series: dict[str, dict[int, list[float]]], metric: str, path: st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     for model in sorted(series):
         steps = sorted(series[model])
         mean = np.array([np.mean(series[model][s]) for s in steps])
-        std = np.array([np.std(series[model][s]) for s in steps])
+        std = np.array([np.std(series[model][s], ddof=1) if len(series[model][s]) > 1 else 0.0 for s in steps])
         ax.plot(steps, mean, marker=".", label=model)
         ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
     ax.set_xlabel("optimiser steps")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("experiment", help="MLflow experiment name (a grid file's `name`)")
+    parser.add_argument("experiments", nargs="+", help="MLflow experiment names (a grid file's `name`)")
     parser.add_argument("--metric", default="val/accuracy")
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--png", default=None, help="also draw the curves (mean, band = ± std) to this file")
     args = parser.parse_args()
     client = MlflowClient(resolve_tracking_uri(args.tracking_uri))
-    series = curves(client, args.experiment, args.metric)
+    series = curves(client, args.experiments, args.metric)
     print(markdown_table(series))
     if args.png:
         save_figure(series, args.metric, args.png)

@@ -109,11 +109,7 @@ def test_accuracy_per_construction_is_recomputable_from_the_predictions(tmp_path
 
 
 def test_real_data_has_no_construction_breakdown(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    for split in ("train", "validation", "test"):
-        write_jsonl(data / f"{split}.jsonl.gz", [{"sentence": f"{w} film", "label": int(w == "good")}
-                                                  for w in ["good", "bad"] * 5])
+    data = write_review_folder(tmp_path, "sentence", "label")
     task = make_task(tmp_path, data={"source": "datasets", "path": str(data)})
     ev = task.evaluate(build(task, "rnn"), "test", batch_size=16, device=torch.device("cpu"))
     assert set(ev.metrics) == {"accuracy", "macro_f1"}
@@ -202,12 +198,18 @@ def write_jsonl(path: Path, rows):
         f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
-def test_loads_local_files_with_column_mapping(tmp_path):
+def write_review_folder(tmp_path: Path, text_column: str, label_column: str) -> Path:
+    """A local dataset folder: 20 reviews "good film" (1) / "bad film" (0) per split."""
     data = tmp_path / "data"
     data.mkdir()
     for split in ("train", "validation", "test"):
-        write_jsonl(data / f"{split}.jsonl.gz", [{"review": f"{w} film", "stars": int(w == "good")}
+        write_jsonl(data / f"{split}.jsonl.gz", [{text_column: f"{w} film", label_column: int(w == "good")}
                                                   for w in ["good", "bad"] * 10])
+    return data
+
+
+def test_loads_local_files_with_column_mapping(tmp_path):
+    data = write_review_folder(tmp_path, "review", "stars")
     task = make_task(tmp_path, data={"source": "datasets", "path": str(data), "columns": {"text": "review", "label": "stars"}})
     assert task.prepare().n_classes == 2
     assert task.examples["test"][0] == {"id": "test-0", "text": "good film", "label": 1}
