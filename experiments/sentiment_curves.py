@@ -19,8 +19,8 @@ from collections import defaultdict
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from attnbench.compare import fetch_child_runs, find_experiment, select_attempts
-from attnbench.tracking import resolve_tracking_uri
+from attnbench.compare.read import fetch_child_runs, find_experiment, select_attempts
+from attnbench.run.tracking import resolve_tracking_uri
 
 
 def optimiser_steps(params: dict[str, str], epoch: int) -> int:
