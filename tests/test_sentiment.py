@@ -234,4 +234,4 @@ def test_study_grid_is_valid(workdir):
     study = Path(__file__).resolve().parents[1] / "experiments" / "sentiment_study.yaml"
     result = CliRunner().invoke(app, ["run", str(study), "--dry-run"])
     assert result.exit_code == 0, result.output
-    assert "15 runs" in result.output and "sentiment/mh-first/seed2" in result.output
+    assert "15 runs" in result.output and "sentiment/mh-first/s2" in result.output
