@@ -66,6 +66,13 @@ class ToyTask(Task):
                       for i, p, r in zip(batch.ids, pred.tolist(), batch["labels"].tolist())]
         return Evaluation({"accuracy": 100.0 * correct / len(preds)}, preds)
 
+    def attention_examples(self, n=2):
+        tokens, labels = self.data["test"]
+        return [([str(t) for t in tokens[i].tolist()],
+                 Batch({"tokens": tokens[i:i + 1], "padding_mask": torch.zeros_like(tokens[i:i + 1], dtype=torch.bool),
+                        "labels": labels[i:i + 1]}, n_tokens=tokens.shape[1], ids=[i]))
+                for i in range(min(n, len(tokens)))]
+
 
 @hookimpl
 def register_tasks(register):

@@ -10,9 +10,10 @@ A child run holds:
 - tags: :class:`Tag` (task, family, model, seed, run_key, ...), ``mlflow.parentRunId``;
 - params: the resolved grid config, flattened (``model.attention``, ``train.lr``, ...);
 - metrics by prefix: ``train/`` per step, ``val/`` per epoch, ``test/`` at the end,
-  ``test_<override>/`` for ``evaluate_with`` re-evaluations, ``perf/`` (see :data:`PERF`);
+  ``test_<override>/`` for ``evaluate_with`` re-evaluations, ``perf/`` (see :data:`PERF`;
+  seconds per phase under :data:`PHASE_PREFIX`), ``heads/`` (see :func:`head_metric`);
 - artifacts: :data:`PREDICTIONS`, :data:`TRACEBACK` (FAILED runs), :data:`CHECKPOINT`,
-  pictures under :data:`PICTURES_DIR`.
+  :data:`HEADS_TABLE`, pictures under :data:`PICTURES_DIR`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Tag:
     GREATER_IS_BETTER = PREFIX + "greater_is_better"
     DEVICE = PREFIX + "device"
     ERROR = PREFIX + "error"  # one-line reason on FAILED runs
+    HEAD_STATS = PREFIX + "head_stats"  # why a run has no head statistics (variant returns no weights)
 
 
 ROLE_PARENT = "parent"
@@ -58,7 +60,30 @@ PERF = {
     "train_s": "perf/train_s",
     "peak_mem_mib": "perf/peak_mem_mib",
     "steps": "perf/steps",
+    "pairing_s": "perf/pairing_s",  # the whole pairing: the sum of its phases
 }
+PHASE_PREFIX = "perf/phase/"  # perf/phase/<phase>_s: data, tokenizer, train, eval, pictures, tracking, other
+
+
+def phase_metric(phase: str) -> str:
+    """Seconds a pairing spent in ``phase`` (exclusive: nested phases are not counted twice)."""
+    return f"{PHASE_PREFIX}{phase}_s"
+
+
+def phase_of(metric: str) -> str | None:
+    """The phase a :func:`phase_metric` name holds, else None."""
+    if metric.startswith(PHASE_PREFIX) and metric.endswith("_s"):
+        return metric[len(PHASE_PREFIX):-2]
+    return None
+
+
+# Head statistics: heads/<attention module>/h<head>/<statistic>, one value per run.
+HEADS_PREFIX = "heads/"
+HEAD_STATISTICS = ("distance", "entropy", "first_token")
+
+
+def head_metric(module: str, head: int, statistic: str) -> str:
+    return f"{HEADS_PREFIX}{module}/h{head}/{statistic}"
 
 # Artifact names.
 PREDICTIONS = "predictions.jsonl"
@@ -66,6 +91,8 @@ TRACEBACK = "traceback.txt"
 GRID_FILE = "grid.yaml"
 CHECKPOINT = "checkpoint"  # folder holding model.pt
 PICTURES_DIR = "pictures"
+HEADS_TABLE = "heads.csv"  # one row per attention module and head
+HEAD_STATS_PICTURE = "head_stats.png"  # under PICTURES_DIR
 
 
 def tag(name: str) -> str:

@@ -25,10 +25,12 @@ from rich.table import Table
 
 from ..config import ExperimentFile, RunSpec
 from ..config.eval_override import attention_options_override
+from ..phases import DATA, EVAL, PICTURES, TRACKING, PhaseClock, TimedCalls, phase
 from ..plugin_host import PluginHost
 from ..tasks import Task
 from . import record
 from .record import PERF, Tag
+from .timings import phase_line, phase_metrics
 from .tracking import check_artifact_root_writable, check_writable, get_or_create_experiment
 from .training import (NonFiniteLossError, count_parameters, evaluate_split, fit, planned_steps, select_device,
                        seed_everything)
@@ -91,7 +93,8 @@ class GridRunner:
     def run(self) -> list[PairingOutcome]:
         check_writable(self.tracking_uri)
         check_artifact_root_writable(self.artifact_root_uri)
-        client = MlflowClient(self.tracking_uri)
+        # every client call inside a pairing counts as its "tracking" phase
+        client = TimedCalls(MlflowClient(self.tracking_uri), TRACKING)
         self.client = client
         self.experiment_id = get_or_create_experiment(client, self.experiment.name, self.artifact_root_uri)
         finished = self._finished_runs()
@@ -113,7 +116,8 @@ class GridRunner:
                         self.console.print(f"[dim]skip {spec.run_name}: run_key {spec.run_key} already FINISHED (run {run.info.run_id[:8]})[/dim]")
                         outcomes.append(PairingOutcome(spec, "SKIPPED", run.info.run_id, dict(run.data.metrics)))
                     else:
-                        outcomes.append(self._run_pairing(spec, progress, current))
+                        with PhaseClock().current() as clock:
+                            outcomes.append(self._run_pairing(spec, progress, current, clock))
                         current.clear()
                         self._report(outcomes[-1], len(outcomes))
                     progress.advance(grid_bar)
@@ -142,8 +146,10 @@ class GridRunner:
         primary = self.host.task.get(outcome.spec.task).factory.primary_metric
         value = outcome.metrics.get(record.TEST + primary)
         quality = f"{primary} {value:.4g}" if value is not None else outcome.error[:120]
-        wall = outcome.metrics.get(PERF["wall_s"])
+        wall = outcome.metrics.get(PERF["pairing_s"], outcome.metrics.get(PERF["wall_s"]))
         took = f" ({wall:.0f} s)" if wall is not None else ""
+        phases = phase_line(outcome.metrics)
+        took += f"\n    {phases}" if phases else ""
         colour = "green" if outcome.status == "FINISHED" else "red"
         self.console.print(f"[{done}/{len(self.specs)}] {outcome.spec.run_name}: "
                            f"[{colour}]{outcome.status.lower()}[/{colour}] {quality}{took}", highlight=False)
@@ -173,7 +179,7 @@ class GridRunner:
             raise found
         return found
 
-    def _run_pairing(self, spec: RunSpec, progress: Progress, current: dict) -> PairingOutcome:
+    def _run_pairing(self, spec: RunSpec, progress: Progress, current: dict, clock: PhaseClock) -> PairingOutcome:
         client = self.client
         task_cls = self.host.task.get(spec.task).factory
         family_cls = self.host.model.get(spec.family).factory
@@ -191,8 +197,9 @@ class GridRunner:
         started = time.perf_counter()
         try:
             client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in spec.params().items()])
-            task = self._task_for(spec)
-            io = task.prepare()
+            with phase(DATA):
+                task = self._task_for(spec)
+                io = task.prepare()
             seed_everything(spec.seed)  # model initialisation depends on the seed only
             model = family.build(io, spec.dims, self.host)
             # again after build: families record attention fallbacks while building
@@ -220,12 +227,13 @@ class GridRunner:
             if spec.train.save_checkpoint:
                 self._log_checkpoint(run_id, model)
             client.log_batch(run_id, tags=[RunTag(Tag.DEVICE, device.type)])
+            self._log_phases(buffer, clock, result.steps)
             client.set_terminated(run_id, "FINISHED")
             return PairingOutcome(spec, "FINISHED", run_id, dict(buffer.latest))
         except KeyboardInterrupt:
             raise
         except Exception as exc:
-            buffer.flush()
+            self._log_phases(buffer, clock, 0)
             client.log_text(run_id, traceback.format_exc(), record.TRACEBACK)
             message = str(exc) if isinstance(exc, NonFiniteLossError) else f"{type(exc).__name__}: {exc}"
             client.set_tag(run_id, Tag.ERROR, message[:5000])
@@ -254,7 +262,7 @@ class GridRunner:
 
     def _evaluate_override(self, run_id, task, model, spec, device, override, buffer) -> None:
         """Evaluate the test split again with changed attention options: ``test_<name>/<metric>``."""
-        with attention_options_override(model, override.attention_options) as changed:
+        with attention_options_override(model, override.attention_options) as changed, phase(EVAL):
             evaluation = evaluate_split(task, model, "test", spec.train, device)
         for name, value in evaluation.metrics.items():
             buffer.log(record.override_prefix(override.name) + name, float(value), 0)
@@ -266,9 +274,17 @@ class GridRunner:
         try:
             from .pictures import log_run_pictures  # matplotlib: imported when the first run ends
 
-            log_run_pictures(self.client, run_id, task, model, result)
+            with phase(PICTURES):
+                log_run_pictures(self.client, run_id, task, model, result)
         except Exception as exc:
             self.console.print(f"[yellow]warning: pictures for run {run_id[:8]} failed: {type(exc).__name__}: {exc}[/yellow]")
+
+    @staticmethod
+    def _log_phases(buffer: MetricBuffer, clock: PhaseClock, step: int) -> None:
+        """Seconds per phase (perf/phase/*): the last write, so that nearly all tracking is in it."""
+        for name, seconds in phase_metrics(clock).items():
+            buffer.log(name, seconds, step)
+        buffer.flush()
 
     def _log_checkpoint(self, run_id: str, model: torch.nn.Module) -> None:
         with tempfile.TemporaryDirectory() as tmp:

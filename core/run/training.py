@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..config.experiment import TrainConfig
+from ..phases import EVAL, TRAIN as TRAIN_PHASE, phase
 from ..tasks import Evaluation, Task
 from .record import TEST, TRAIN, VAL
 
@@ -121,7 +122,8 @@ def fit(
 
     def evaluate(split: str, step: int, epoch: int | None) -> Evaluation:
         on_phase(f"evaluating {split}")
-        evaluation = evaluate_split(task, model, split, cfg, device)
+        with phase(EVAL):
+            evaluation = evaluate_split(task, model, split, cfg, device)
         prefix = VAL if split == "validation" else TEST
         for name, value in evaluation.metrics.items():
             record(prefix + name, float(value), epoch if epoch is not None else step)
@@ -132,27 +134,28 @@ def fit(
         on_phase(f"epoch {epoch}/{cfg.epochs}")
         model.train()
         started = time.perf_counter()
-        for batch in task.batches("train", cfg.batch_size, shuffle=True, generator=generator):
-            batch = batch.to(device)
-            with autocast_for(device, cfg.amp):
-                loss = task.loss(model, batch)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise NonFiniteLossError(f"train/loss became {value} at step {step + 1} (epoch {epoch}); try a lower train.lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            schedule.step()
-            step += 1
-            result.train_tokens += batch.n_tokens
-            if step % cfg.log_every == 0 or step == 1:
-                record(TRAIN + "loss", value, step)
-                result.peak_mem_mib = max(result.peak_mem_mib, current_rss_mib())
-            on_step(step, value)
-            if cfg.max_steps and step >= cfg.max_steps:
-                break
+        with phase(TRAIN_PHASE):
+            for batch in task.batches("train", cfg.batch_size, shuffle=True, generator=generator):
+                batch = batch.to(device)
+                with autocast_for(device, cfg.amp):
+                    loss = task.loss(model, batch)
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise NonFiniteLossError(f"train/loss became {value} at step {step + 1} (epoch {epoch}); try a lower train.lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                schedule.step()
+                step += 1
+                result.train_tokens += batch.n_tokens
+                if step % cfg.log_every == 0 or step == 1:
+                    record(TRAIN + "loss", value, step)
+                    result.peak_mem_mib = max(result.peak_mem_mib, current_rss_mib())
+                on_step(step, value)
+                if cfg.max_steps and step >= cfg.max_steps:
+                    break
         result.train_seconds += time.perf_counter() - started
         evaluate("validation", step, epoch)
         if cfg.max_steps and step >= cfg.max_steps:
