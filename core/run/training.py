@@ -64,6 +64,35 @@ def current_rss_mib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class LossReadback:
+    """Training losses, read back from the device once per logged step instead of every step.
+
+    On CUDA each ``.item()`` makes the CPU wait for the GPU, so the loop loses its lead over
+    the kernels; reading a stack of pending losses at once costs one wait. Every loss is still
+    checked: the first non-finite one fails the run with its own step number."""
+
+    def __init__(self) -> None:
+        self.pending: list[torch.Tensor] = []
+        self.last = math.nan  # the latest loss read back (for the progress line)
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.pending.append(loss.detach())
+
+    def read(self, step: int, epoch: int) -> float:
+        """The loss of ``step`` (the latest added); raises on any non-finite pending loss."""
+        if not self.pending:
+            return self.last
+        values = torch.stack(self.pending).float().tolist()
+        first_step = step - len(values) + 1
+        self.pending.clear()
+        for offset, value in enumerate(values):
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"train/loss became {value} at step {first_step + offset} (epoch {epoch}); "
+                                         "try a lower train.lr")
+        self.last = values[-1]
+        return self.last
+
+
 @dataclass
 class FitResult:
     steps: int = 0
@@ -130,6 +159,7 @@ def fit(
         return evaluation
 
     step = 0
+    losses = LossReadback()
     for epoch in range(1, cfg.epochs + 1):
         on_phase(f"epoch {epoch}/{cfg.epochs}")
         model.train()
@@ -139,9 +169,6 @@ def fit(
                 batch = batch.to(device)
                 with autocast_for(device, cfg.amp):
                     loss = task.loss(model, batch)
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise NonFiniteLossError(f"train/loss became {value} at step {step + 1} (epoch {epoch}); try a lower train.lr")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
@@ -149,13 +176,15 @@ def fit(
                 optimizer.step()
                 schedule.step()
                 step += 1
+                losses.add(loss)
                 result.train_tokens += batch.n_tokens
                 if step % cfg.log_every == 0 or step == 1:
-                    record(TRAIN + "loss", value, step)
+                    record(TRAIN + "loss", losses.read(step, epoch), step)
                     result.peak_mem_mib = max(result.peak_mem_mib, current_rss_mib())
-                on_step(step, value)
+                on_step(step, losses.last)
                 if cfg.max_steps and step >= cfg.max_steps:
                     break
+            losses.read(step, epoch)  # a non-finite loss after the last logged step still fails the run
         result.train_seconds += time.perf_counter() - started
         evaluate("validation", step, epoch)
         if cfg.max_steps and step >= cfg.max_steps:
