@@ -153,10 +153,11 @@ def head_stats_figure(stats: list[HeadStats], *, title: str | None = None):
         grid = np.full((len(modules), n_heads), np.nan)
         for s in stats:
             grid[modules.index(s.module), s.head] = getattr(s, name)
-        ax.imshow(grid, cmap="viridis", aspect="auto", vmin=0.0, vmax=1.0 if name == "first_token" else None)
+        image = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=0.0, vmax=1.0 if name == "first_token" else None)
         for (row, col), value in np.ndenumerate(grid):
-            if not np.isnan(value):
-                ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white")
+            if not np.isnan(value):  # dark text on the bright end of viridis, light on the dark end
+                ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                        color="black" if image.norm(value) > 0.6 else "white")
         ax.set_title(labels[name], fontsize=9)
         ax.set_xticks(range(n_heads), [f"h{h}" for h in range(n_heads)], fontsize=7)
         ax.set_yticks(range(len(modules)), modules if ax is axes[0] else [""] * len(modules), fontsize=7)
