@@ -12,6 +12,7 @@ from attnbench.phases import PhaseClock, TimedCalls
 from attnbench.run import record, timings
 
 from conftest import write_grid
+from test_runner import GRID as RUNNER_GRID
 
 
 def test_phases_are_exclusive_and_add_up_to_the_wall_time():
@@ -55,19 +56,7 @@ def test_phase_line_lists_phases_in_flow_order():
     assert timings.phase_line(metrics) == "data 4 · train 31 · tracking 0.31 s"
 
 
-GRID = """
-name: toyphases
-grid:
-  task: [toy]
-  model:
-    - {family: rnn, cell: gru}
-    - {family: transformer, attention: multihead}
-  seed: [0]
-model: {d_model: 16, n_layers: 1, n_heads: 2, dropout: 0.0}
-train: {epochs: 1, batch_size: 16, save_checkpoint: false}
-tasks:
-  toy: {n_train: 32}
-"""
+GRID = RUNNER_GRID.replace("name: toygrid", "name: toyphases")  # rnn-gru and transformer-multihead on toy
 
 
 def test_a_tiny_run_logs_phase_seconds_and_head_statistics(workdir, tracking_uri):

@@ -137,9 +137,11 @@ class GridRunner:
 
     def _progress(self) -> Progress:
         # One bar for the grid, one for the current run's steps (added per pairing).
+        # 4 redraws a second, not rich's 10: each redraw holds the GIL ~2 ms, time the training
+        # loop of a 1-thread run would otherwise lose (benchmarks/bench_overhead.py)
         return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=self.console)
+                        console=self.console, refresh_per_second=4)
 
     def _report(self, outcome: PairingOutcome, done: int) -> None:
         """One line per finished pairing: the log when output is not a terminal (CI, pipes)."""
