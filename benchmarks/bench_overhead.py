@@ -89,9 +89,9 @@ def run_attnbench(spec, task, model, store: Path, refresh: float) -> tuple[float
         fit(task, model, spec.train, seed=spec.seed, device=torch.device("cpu"), log_metric=buffer.log,
             on_step=lambda step, loss: progress.update(bar, completed=step, info=f"loss {loss:.3f}"),
             on_phase=lambda phase: (progress.update(bar, info=phase), cpu.pause(phase.startswith("evaluating"))))
-        buffer.flush()
-        client.set_terminated(run_id, "FINISHED")
+        buffer.flush()  # the loop's own writes; ending the run is the runner's, once per pairing
     totals = clock.totals()
+    client.set_terminated(run_id, "FINISHED")
     return sum(totals.values()) - totals.get(EVAL, 0.0), cpu.total()
 
 
