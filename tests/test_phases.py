@@ -65,8 +65,9 @@ def test_a_tiny_run_logs_phase_seconds_and_head_statistics(workdir, tracking_uri
     assert result.exit_code == 0, result.output
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name("toyphases")
-    children = {r.info.run_name: r for r in client.search_runs([exp.experiment_id], filter_string=record.CHILD_FILTER)}
-    assert set(children) == {"toy/rnn-gru/seed0", "toy/transformer-multihead/seed0"}
+    children = {r.data.tags[record.Tag.FAMILY]: r
+                for r in client.search_runs([exp.experiment_id], filter_string=record.CHILD_FILTER)}
+    assert set(children) == {"rnn", "transformer"}
     for run in children.values():
         metrics = run.data.metrics
         phases = {record.phase_of(k): v for k, v in metrics.items() if record.phase_of(k)}
@@ -75,7 +76,7 @@ def test_a_tiny_run_logs_phase_seconds_and_head_statistics(workdir, tracking_uri
         assert metrics[record.PERF["pairing_s"]] >= metrics[record.PERF["wall_s"]] - 0.5
     assert "train " in result.output and " · " in result.output  # the per-pairing phase line
 
-    transformer = children["toy/transformer-multihead/seed0"]
+    transformer = children["transformer"]
     heads = {k: v for k, v in transformer.data.metrics.items() if k.startswith(record.HEADS_PREFIX)}
     # one self-attention module (1 layer) x 2 heads x 3 statistics
     assert len(heads) == 2 * len(record.HEAD_STATISTICS), sorted(heads)
@@ -86,6 +87,6 @@ def test_a_tiny_run_logs_phase_seconds_and_head_statistics(workdir, tracking_uri
     pictures = {a.path for a in client.list_artifacts(transformer.info.run_id, record.PICTURES_DIR)}
     assert f"{record.PICTURES_DIR}/{record.HEAD_STATS_PICTURE}" in pictures
 
-    rnn = children["toy/rnn-gru/seed0"]
+    rnn = children["rnn"]
     assert not any(k.startswith(record.HEADS_PREFIX) for k in rnn.data.metrics)
     assert "no attention modules" in rnn.data.tags[record.Tag.HEAD_STATS]
