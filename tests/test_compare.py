@@ -17,6 +17,7 @@ from attnbench import compare
 from attnbench.compare import render as compare_format, significance
 from attnbench.cli.compare import compare as compare_command
 from attnbench.errors import BadInputError
+from attnbench.run.record import Tag
 from synthetic_runs import create_parent, log_child_run
 
 SEEDS = (0, 1, 2)
@@ -82,7 +83,7 @@ def test_fetch_uses_one_search_query(grid, monkeypatch):
     monkeypatch.setattr(client, "search_runs", lambda *a, **k: calls.append(k) or original(*a, **k))
     records = compare.fetch_child_runs(client, exp)
     assert len(calls) == 1
-    assert "attnbench.role" in calls[0]["filter_string"]
+    assert Tag.ROLE in calls[0]["filter_string"]
     assert len(records) == 3 * 4 + 4 + 4 + 1  # every child, failed ones included
 
 

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from attnbench.cli import app
 from attnbench.errors import BadInputError
 from attnbench.plugin_host import discover
+from attnbench.run.record import CHILD_FILTER, Tag
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "attnbench-example-plugin"
 
@@ -201,9 +202,9 @@ def test_hook_register_models(plugin_dist, workdir, tracking_uri):
     assert result.exit_code == 0, result.output
     client = MlflowClient(tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("bowgrid").experiment_id],
-                              "tags.`attnbench.role` = 'child'")
+                              CHILD_FILTER)
     assert [r.info.run_name for r in runs] == ["toy/bow/s0"]
-    assert runs[0].data.tags["attnbench.family"] == "bow" and "test/accuracy" in runs[0].data.metrics
+    assert runs[0].data.tags[Tag.FAMILY] == "bow" and "test/accuracy" in runs[0].data.metrics
     # a family that cannot build the task's kind is rejected before anything trains
     write_grid(workdir / "h.yaml", """
         name: bowgrid2

@@ -20,6 +20,7 @@ from attnbench.errors import BadInputError
 from attnbench.plugin_host import discover
 from attnbench.plugins.tasks import duplication, listops, reverse
 from attnbench.run.training import fit
+from attnbench.run.record import Tag
 
 from conftest import REPO, write_grid
 
@@ -319,9 +320,9 @@ def test_matrix_from_client_runs(duplication_runs):
     assert matrix.task == "duplication" and matrix.metric == "accuracy"
     assert matrix.rows == ["full", "lsh-1"]
     assert matrix.columns == [AS_TRAINED, "lsh2", "full"]  # grid order, not alphabetical
-    children = [r for r in runs if r.data.tags.get("attnbench.role") == "child"]
+    children = [r for r in runs if r.data.tags.get(Tag.ROLE) == "child"]
     for row in matrix.rows:
-        mine = [r for r in children if r.data.tags["attnbench.model"] == row]
+        mine = [r for r in children if r.data.tags[Tag.MODEL] == row]
         assert len(mine) == 2  # two seeds averaged
         for column, key in ((AS_TRAINED, "test/accuracy"), ("lsh2", "test_lsh2/accuracy"), ("full", "test_full/accuracy")):
             assert matrix.value(row, column) == pytest.approx(sum(r.data.metrics[key] for r in mine) / 2)

@@ -272,7 +272,7 @@ class RNNFamily(ModelFamily):
         return f"rnn-{self.options.cell}{suffix}"
 
     def tags(self) -> dict[str, str]:
-        return {"attnbench.attention": self.options.attention or "none"}
+        return {"attention": self.options.attention or "none"}
 
     def validate(self, host) -> None:
         if not self.uses_attention:

@@ -362,9 +362,9 @@ class TransformerFamily(ModelFamily):
         self._attention_opts = cls.parse_options(self.options.attention_options, where="attention_options")
 
     def tags(self) -> dict[str, str]:
-        tags = {"attnbench.attention": self.options.attention}
+        tags = {"attention": self.options.attention}
         if self.fallbacks:
-            tags["attnbench.attention_fallback"] = ",".join(f"{slot}->{used}" for slot, used in self.fallbacks.items())
+            tags["attention_fallback"] = ",".join(f"{slot}->{used}" for slot, used in self.fallbacks.items())
         return tags
 
     def _attention(self, slot: str, dims: ModelDims, host, *, causal=False, cross=False) -> nn.Module:
