@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from .options import parse_options
 from .models import TaskIO
+from .significance import SignificanceTest
 
 
 @dataclass
@@ -51,11 +52,20 @@ class Evaluation:
 
 
 class Task:
-    """Base class of tasks. Subclasses set the class attributes and implement the methods."""
+    """Base class of tasks. Subclasses set the class attributes and implement the methods.
+
+    What compare needs to know about the metrics is declared here, never guessed from names:
+    ``primary_metric`` (the metric runs are ranked and tested by), ``greater_is_better``,
+    ``metric_scale`` (the best possible value of the primary metric: ``1.0`` for fractions
+    such as accuracy, ``100.0`` for BLEU, chrF or SQuAD F1) and ``significance`` (how the
+    primary metric is tested against the baseline; None: no test).
+    """
 
     kind: ClassVar[str]  # one of attnbench.models.TASK_KINDS
     primary_metric: ClassVar[str]
     greater_is_better: ClassVar[bool] = True
+    metric_scale: ClassVar[float] = 1.0
+    significance: ClassVar[SignificanceTest | None] = None
     Options: ClassVar[type[BaseModel]]
     description: ClassVar[str] = ""
 

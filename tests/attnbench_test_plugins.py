@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 
 from attnbench import Batch, Evaluation, Task, TaskIO, hookimpl
+from attnbench.significance import PerExampleScore
 
 
 class ToyOptions(BaseModel):
@@ -23,6 +24,8 @@ class ToyOptions(BaseModel):
 class ToyTask(Task):
     kind = "classification"
     primary_metric = "accuracy"
+    metric_scale = 100.0  # logged in percent, unlike the built-ins: the scale is what compare reads
+    significance = PerExampleScore(lambda record: float(record["prediction"] == record["reference"]))
     Options = ToyOptions
 
     def prepare(self):

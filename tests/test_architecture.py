@@ -15,7 +15,7 @@ CORE = Path(__file__).resolve().parents[1] / "core"
 # Stages in flow order; a module may import its own stage and earlier ones, never a later one.
 # ``attnbench`` itself only re-exports the plugin API (lazily) and ``hookimpl``.
 STAGES = ["api", "plugin_host", "testing", "config", "run", "bench", "compare", "cli"]
-API_MODULES = {"attention", "models", "tasks", "data", "errors", "options", "phases"}
+API_MODULES = {"attention", "models", "tasks", "data", "errors", "options", "phases", "significance"}
 
 
 def module_name(path: Path) -> str:
@@ -55,6 +55,21 @@ def imports_of(path: Path) -> set[str]:
 
 
 GRAPH = {module_name(p): imports_of(p) for p in sorted(CORE.rglob("*.py")) if module_name(p) != "attnbench"}
+
+
+def plugin_imports_of(path: Path) -> list[str]:
+    """``attnbench.plugins...`` modules that ``path`` imports (absolute imports only: core has
+    no relative path to plugins/)."""
+    tree = ast.parse(path.read_text())
+    names = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and not node.level]
+    names += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    return [n for n in names if n == "attnbench.plugins" or n.startswith("attnbench.plugins.")]
+
+
+@pytest.mark.parametrize("path", sorted(CORE.rglob("*.py")), ids=lambda p: str(p.relative_to(CORE)))
+def test_core_imports_no_plugin(path):
+    """Core never names a built-in plugin: plugins declare what core needs (docs/architecture.md)."""
+    assert not plugin_imports_of(path), f"{path.relative_to(CORE)} imports {plugin_imports_of(path)}"
 
 
 def test_every_core_module_belongs_to_a_stage():

@@ -14,7 +14,8 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from attnbench import compare
-from attnbench.compare import render as compare_format, significance
+from attnbench import significance
+from attnbench.compare import render as compare_format
 from attnbench.cli.compare import compare as compare_command
 from attnbench.errors import BadInputError
 from attnbench.run.record import Tag
@@ -220,7 +221,6 @@ def test_unknown_experiment_and_missing_target_are_bad_input(grid, tmp_path, mon
 
 
 def test_qa_significance_uses_the_squad_metric(tmp_path, migrated_store):
-    pytest.importorskip("attnbench.plugins.tasks.squad_metric", reason="the qa task's squad_metric module is not there yet")
     client = store_client(tmp_path, migrated_store)
     exp = client.create_experiment("qa-grid", artifact_location=str(tmp_path / "artifacts"))
     parent = create_parent(client, exp, "qa-grid")

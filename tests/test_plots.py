@@ -168,8 +168,7 @@ def test_log_run_pictures_logs_curves_and_attention_maps(tmp_path, migrated_stor
 
     torch.set_num_threads(1)
     host = get_host()
-    if "sentiment" not in host.task.names() or "transformer" not in host.model.names():
-        pytest.skip("needs the sentiment task and transformer family plugins")
+    assert {"sentiment"} <= set(host.task.names()) and {"transformer"} <= set(host.model.names())
     task_cls, family_cls = host.task.get("sentiment").factory, host.model.get("transformer").factory
     options = task_cls.parse_options({"data": {"n_train": 200, "n_validation": 20, "n_test": 20},
                                       "tokenizer": {"vocab_size": 200}}, "tasks.sentiment")

@@ -37,12 +37,12 @@ def compare(
     format: Annotated[str, typer.Option("--format", "-f", help="table | markdown | csv | json")] = "table",
     out: Annotated[Optional[Path], typer.Option("--out", help="also write comparison.* and plots here")] = None,
     significance: Annotated[bool, typer.Option("--significance/--no-significance",
-                                               help="paired bootstrap tests against the rnn baseline")] = True,
+                                               help="paired tests against the no-attention baseline")] = True,
     log: Annotated[bool, typer.Option("--log/--no-log", help="attach table and plots to the parent run")] = True,
     tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="overrides mlflow.yaml")] = None,
 ) -> None:
     """Per task: each model's test metrics (mean ± std over seeds), speed, the difference to the
-    rnn baseline with a paired significance test, and the runs that failed."""
+    no-attention baseline with a paired significance test, and the runs that failed."""
     with user_errors():
         _compare(grid_file, experiment, run, format, out, significance, log, tracking_uri)
 
@@ -50,7 +50,6 @@ def compare(
 def _compare(grid_file, experiment, run, format, out, significance, log, tracking_uri) -> None:
     # The compare stage (numpy, matplotlib for plots) loads only when the command runs.
     from ..compare import render as compare_format
-    from ..compare.matrix import eval_matrices
     from ..compare.read import find_experiment, latest_parent_run_id
     from ..compare.report import fetch_bench_series, log_report, write_report
     from ..compare.summary import compare_experiment
@@ -67,9 +66,6 @@ def _compare(grid_file, experiment, run, format, out, significance, log, trackin
     name = experiment or experiment_name_of(grid_file)
     client = tracking_client(tracking_uri)
     comparison = compare_experiment(client, name, run, with_significance=significance)
-
-    # grids with `evaluate_with` also get the trained-with x evaluated-with matrix per task
-    matrices = eval_matrices(comparison.records)
     if format == "table":
         from rich.console import Console
 
@@ -77,13 +73,8 @@ def _compare(grid_file, experiment, run, format, out, significance, log, trackin
         if not console.is_terminal:
             console = Console(width=compare_format.WIDE_CONSOLE)
         compare_format.print_table(comparison, console)
-        for matrix in matrices:
-            console.print(matrix.to_table())
     else:
         typer.echo(compare_format.render(comparison, format), nl=False)
-        if format == "markdown":
-            for matrix in matrices:
-                typer.echo("\n" + matrix.to_markdown(), nl=False)
 
     bench = fetch_bench_series(client) if (out or log) else {}
     if out is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import List, Optional
 
@@ -66,7 +67,7 @@ def run(
 
         runner = GridRunner(experiment, specs, host=host, tracking_uri=uri, artifact_root_uri=artifact_root(tracking),
                             grid_text=grid_text, grid_source=str(grid_file), overrides=overrides, console=console,
-                            device=device, summarize=summarize_grid_to_parent)
+                            device=device, summarize=partial(summarize_grid_to_parent, host=host))
         console.print(f"[bold]{experiment.name}[/bold]: {len(specs)} runs -> MLflow experiment "
                       f"'{experiment.name}' at {uri}")
         try:

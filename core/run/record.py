@@ -41,6 +41,8 @@ class Tag:
     RUN_KEY = PREFIX + "run_key"  # hash of the resolved config: a FINISHED key is never retrained
     PRIMARY_METRIC = PREFIX + "primary_metric"
     GREATER_IS_BETTER = PREFIX + "greater_is_better"
+    METRIC_SCALE = PREFIX + "metric_scale"  # best possible primary metric: 1 (fractions) or 100 (BLEU, F1)
+    BASELINE = PREFIX + "baseline"  # "true" when the family declared itself a no-attention baseline
     DEVICE = PREFIX + "device"
     ERROR = PREFIX + "error"  # one-line reason on FAILED runs
     HEAD_STATS = PREFIX + "head_stats"  # why a run has no head statistics (variant returns no weights)
@@ -114,19 +116,28 @@ def parent_tags(grid: str, note: str = "") -> dict[str, str]:
 
 def child_tags(*, parent_run_id: str, grid: str, task: str, kind: str, family: str, model: str,
                seed: int, run_key: str, primary_metric: str, greater_is_better: bool,
-               attention: str = "none", description: str = "",
-               extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The tags of a child run; ``extra`` holds a family's own (short or full) tag names."""
+               attention: str = "none", description: str = "", metric_scale: float | None = None,
+               baseline: bool = False, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The tags of a child run; ``extra`` holds a family's own (short or full) tag names.
+
+    ``metric_scale`` and ``greater_is_better`` come from the task, ``baseline`` from the model
+    family (``ModelFamily.is_baseline``): compare reads them instead of guessing from names."""
     tags = {
         Tag.ROLE: ROLE_CHILD, Tag.GRID: grid, Tag.TASK: task, Tag.KIND: kind, Tag.FAMILY: family,
         Tag.MODEL: model, Tag.SEED: str(seed), Tag.RUN_KEY: run_key, Tag.PRIMARY_METRIC: primary_metric,
-        Tag.GREATER_IS_BETTER: str(bool(greater_is_better)).lower(), Tag.ATTENTION: attention,
-        PARENT_RUN_ID: parent_run_id,
+        Tag.GREATER_IS_BETTER: _flag(greater_is_better), Tag.ATTENTION: attention,
+        Tag.BASELINE: _flag(baseline), PARENT_RUN_ID: parent_run_id,
     }
     if description:
         tags[Tag.DESCRIPTION] = description
+    if metric_scale is not None:
+        tags[Tag.METRIC_SCALE] = f"{float(metric_scale):g}"
     tags.update({tag(k): str(v) for k, v in (extra or {}).items()})
     return tags
+
+
+def _flag(value: bool) -> str:
+    return str(bool(value)).lower()
 
 
 @dataclass
@@ -151,6 +162,9 @@ class RunRecord:
     start_time: int = 0
     error: str = ""  # the runner's Tag.ERROR on FAILED runs
     tags: dict[str, str] = field(default_factory=dict, repr=False)
+    params: dict[str, str] = field(default_factory=dict, repr=False)  # the resolved config, flattened
+    baseline: bool = False  # the family is a no-attention baseline (Tag.BASELINE)
+    metric_scale: float | None = None  # Tag.METRIC_SCALE; None for runs logged before it existed
 
     @classmethod
     def from_mlflow(cls, run) -> "RunRecord":
@@ -176,8 +190,19 @@ class RunRecord:
             start_time=run.info.start_time or 0,
             error=tags.get(Tag.ERROR, ""),
             tags=dict(tags),
+            params=dict(run.data.params),
+            # runs logged before Tag.BASELINE existed: a family without attention was the baseline
+            baseline=(tags[Tag.BASELINE] == "true" if Tag.BASELINE in tags else tags.get(Tag.ATTENTION) == "none"),
+            metric_scale=_float_or_none(tags.get(Tag.METRIC_SCALE)),
         )
 
     @property
     def is_child(self) -> bool:
         return self.tags.get(Tag.ROLE, ROLE_CHILD) == ROLE_CHILD
+
+
+def _float_or_none(text: str | None) -> float | None:
+    try:
+        return float(text) if text not in (None, "") else None
+    except ValueError:
+        return None

@@ -190,7 +190,8 @@ class GridRunner:
             parent_run_id=self.parent_id, grid=spec.grid_name, task=spec.task, kind=task_cls.kind,
             family=spec.family, model=spec.model_label, seed=spec.seed, run_key=spec.run_key,
             primary_metric=task_cls.primary_metric, greater_is_better=task_cls.greater_is_better,
-            description=spec.description, extra=family.tags())
+            description=spec.description, metric_scale=task_cls.metric_scale, baseline=family.is_baseline,
+            extra=family.tags())
         run = client.create_run(self.experiment_id, run_name=spec.run_name, tags=tags)
         run_id = run.info.run_id
         buffer = MetricBuffer(client, run_id)

@@ -271,6 +271,11 @@ class RNNFamily(ModelFamily):
         suffix = f"+{self.options.attention}" if self.uses_attention else ""
         return f"rnn-{self.options.cell}{suffix}"
 
+    @property
+    def is_baseline(self) -> bool:
+        """No attention anywhere: the baseline compare measures attention against."""
+        return True
+
     def tags(self) -> dict[str, str]:
         return {"attention": self.options.attention or "none"}
 

@@ -9,6 +9,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from attnbench.significance import PerExampleScore
+
+
+def example_accuracy(record: dict) -> float:
+    """1.0 when a predictions.jsonl record's prediction equals its reference."""
+    return float(record.get("prediction") == record.get("reference"))
+
+
+# accuracy is the mean of example_accuracy: a paired bootstrap over examples tests it
+ACCURACY_SIGNIFICANCE = PerExampleScore(example_accuracy)
+
 
 def classification_loss(model, batch) -> torch.Tensor:
     return F.cross_entropy(model(batch["tokens"], batch["padding_mask"]), batch["labels"])

@@ -79,6 +79,7 @@ class DuplicationTask(Task):
     kind = "lm"
     primary_metric = "accuracy"
     greater_is_better = True
+    metric_scale = 1.0
     Options = DuplicationOptions
     description = "Reformer duplication '0 w 0 w'; next-token accuracy on the second half"
 

@@ -36,7 +36,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from attnbench import Batch, Evaluation, Task, TaskIO, hookimpl
 from attnbench.data import PAD, SPECIAL_TOKENS, batch_indices, pad_batch
 
-from .classification import classification_loss, predict_classes
+from .classification import ACCURACY_SIGNIFICANCE, classification_loss, predict_classes
 
 SPLITS = ("train", "validation", "test")
 OPERATORS = ("[MAX", "[MIN", "[MED", "[SM")
@@ -194,6 +194,8 @@ class ListOpsTask(Task):
     kind = "classification"
     primary_metric = "accuracy"
     greater_is_better = True
+    metric_scale = 1.0
+    significance = ACCURACY_SIGNIFICANCE
     Options = ListOpsOptions
     description = "LRA-style ListOps: value of nested MAX/MIN/MED/SUM_MOD expressions; accuracy per length bucket"
 

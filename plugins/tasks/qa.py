@@ -41,7 +41,7 @@ from attnbench import Batch, Evaluation, Task, TaskIO, hookimpl
 from attnbench.data import CLS, PAD, SEP, DataSource, TokenizerOptions, column, load_splits, require_columns, train_tokenizer
 from attnbench.errors import BadInputError
 
-from .squad_metric import squad_scores
+from .squad_metric import F1_SIGNIFICANCE, squad_scores
 from .synthetic_qa import StoryOptions, generate
 
 SPLITS = ("train", "validation", "test")
@@ -172,6 +172,8 @@ class QATask(Task):
     kind = "span"
     primary_metric = "f1"
     greater_is_better = True
+    metric_scale = 100.0
+    significance = F1_SIGNIFICANCE
     Options = QAOptions
     description = "extractive QA (SQuAD v1.1 format; synthetic default: bAbI-like stories), EM/F1"
 

@@ -112,6 +112,7 @@ class ReverseTask(Task):
     kind = "seq2seq"
     primary_metric = "accuracy"
     greater_is_better = True
+    metric_scale = 1.0  # per-token accuracy pools tokens over examples: no per-example test declared
     Options = ReverseOptions
     description = "reverse/permute/copy random symbols; token and sequence accuracy per source-length bucket"
 

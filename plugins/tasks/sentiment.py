@@ -21,7 +21,7 @@ from attnbench.data import (PAD, UNK, DataSource, TokenizerOptions, batch_indice
 from attnbench.errors import BadInputError
 
 from . import synthetic_sentiment
-from .classification import classification_loss, predict_classes
+from .classification import ACCURACY_SIGNIFICANCE, classification_loss, predict_classes
 
 WHERE = "tasks.sentiment"
 SPLITS = ("train", "validation", "test")
@@ -43,6 +43,8 @@ class SentimentTask(Task):
     kind = "classification"
     primary_metric = "accuracy"
     greater_is_better = True
+    metric_scale = 1.0
+    significance = ACCURACY_SIGNIFICANCE
     Options = SentimentOptions
     description = "sentence sentiment; accuracy and macro-F1; synthetic data hinges on negation and contrast"
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from attnbench import Batch, Evaluation, Task, TaskIO, hookimpl
+from attnbench.significance import SacrebleuPairedTest
 from attnbench.data import (BOS, EOS, PAD, UNK, DataSource, TokenizerOptions, batch_indices, load_splits, pad_batch,
                             require_columns, train_tokenizer)
 from attnbench.errors import BadInputError
@@ -81,6 +82,8 @@ class TranslationTask(Task):
     kind = "seq2seq"
     primary_metric = "bleu"
     greater_is_better = True
+    metric_scale = 100.0
+    significance = SacrebleuPairedTest(sacrebleu.metrics.BLEU)  # corpus BLEU: sacrebleu's paired bootstrap
     Options = TranslationOptions
     description = "translation; corpus BLEU/chrF (sacrebleu) and BLEU per source-length bucket"
 
