@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Attention": "attention", "NoOptions": "attention", "capture_attention_maps": "attention",
     "ModelDims": "models", "ModelFamily": "models", "TaskIO": "models",
-    "Batch": "tasks", "Evaluation": "tasks", "Task": "tasks",
+    "Batch": "tasks", "Evaluation": "tasks", "Task": "tasks", "SplitTask": "tasks", "SplitSizes": "tasks",
     "phase": "phases",
 }
 __all__ = [*sorted(_LAZY), "hookimpl", "__version__"]

@@ -114,10 +114,15 @@ def planned_steps(task: Task, cfg: TrainConfig) -> int:
 
 
 def evaluate_split(task: Task, model: torch.nn.Module, split: str, cfg: TrainConfig, device: torch.device) -> Evaluation:
-    """Evaluate ``model`` on a whole split, in eval mode and without gradients."""
+    """Evaluate ``model`` on a whole split, in eval mode and without gradients; the model's
+    mode is restored afterwards. The only place that switches modes around ``Task.evaluate``."""
+    was_training = model.training
     model.eval()
-    with torch.no_grad(), autocast_for(device, cfg.amp):
-        return task.evaluate(model, split, batch_size=cfg.eval_batch_size or 2 * cfg.batch_size, device=device)
+    try:
+        with torch.no_grad(), autocast_for(device, cfg.amp):
+            return task.evaluate(model, split, batch_size=cfg.eval_batch_size or 2 * cfg.batch_size, device=device)
+    finally:
+        model.train(was_training)
 
 
 def fit(

@@ -26,16 +26,9 @@ def classification_loss(model, batch) -> torch.Tensor:
 
 
 def predict_classes(task, model, split: str, *, batch_size: int, device) -> list[int]:
-    """Predicted class per example of ``split``, in order (eval mode, no gradients; the
-    model's training flag is restored afterwards)."""
-    was_training = model.training
-    model.eval()
+    """Predicted class per example of ``split``, in order (core sets eval mode and no_grad)."""
     preds: list[int] = []
-    try:
-        with torch.no_grad():
-            for batch in task.batches(split, batch_size, shuffle=False):
-                batch = batch.to(device)
-                preds += model(batch["tokens"], batch["padding_mask"]).argmax(-1).tolist()
-    finally:
-        model.train(was_training)
+    for batch in task.batches(split, batch_size, shuffle=False):
+        batch = batch.to(device)
+        preds += model(batch["tokens"], batch["padding_mask"]).argmax(-1).tolist()
     return preds
