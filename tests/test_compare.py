@@ -244,3 +244,24 @@ def test_grid_file_names_the_experiment(grid, tmp_path):
     assert all(r["p_value"] == "" for r in rows)
     missing = CliRunner().invoke(cli_app(), [str(tmp_path / "nope.yaml")])
     assert missing.exit_code == 2 and "nope.yaml" in missing.output
+
+
+def test_run_record_reads_the_declarations_and_falls_back_for_older_runs():
+    from types import SimpleNamespace
+
+    from attnbench.run.record import RunRecord, child_tags
+
+    def run(tags):
+        return SimpleNamespace(info=SimpleNamespace(run_id="r", run_name="n", status="FINISHED", artifact_uri="",
+                                                    start_time=1),
+                               data=SimpleNamespace(tags=tags, metrics={}, params={"evaluate_with": "[]"}))
+
+    tags = child_tags(parent_run_id="p", grid="g", task="t", kind="seq2seq", family="f", model="m", seed=0,
+                      run_key="k", primary_metric="bleu", greater_is_better=True, metric_scale=100, baseline=True)
+    record = RunRecord.from_mlflow(run(tags))
+    assert record.baseline and record.metric_scale == 100.0 and record.params == {"evaluate_with": "[]"}
+    # runs logged before the declarations were tags: no scale, and no attention meant baseline
+    older = {k: v for k, v in tags.items() if k not in (Tag.BASELINE, Tag.METRIC_SCALE)}
+    assert RunRecord.from_mlflow(run(older | {Tag.ATTENTION: "none"})).baseline
+    assert not RunRecord.from_mlflow(run(older | {Tag.ATTENTION: "multihead"})).baseline
+    assert RunRecord.from_mlflow(run(older)).metric_scale is None

@@ -57,6 +57,9 @@ def test_run_logs_parent_and_nested_children_by_the_conventions(workdir, trackin
         assert tags[Tag.PRIMARY_METRIC] == "accuracy" and len(tags[Tag.RUN_KEY]) == 16
         assert tags[Tag.DESCRIPTION].startswith(f"task toy, model {tags[Tag.MODEL]} (family ")
         assert tags[Tag.ATTENTION] == ("none" if tags[Tag.FAMILY] == "rnn" else "multihead")
+        # what the plugins declare: the rnn family is the baseline, the toy task logs percent
+        assert tags[Tag.BASELINE] == ("true" if tags[Tag.FAMILY] == "rnn" else "false")
+        assert tags[Tag.METRIC_SCALE] == "100"
         assert params["train.lr"] == "0.003" and params["model.family"] == tags[Tag.FAMILY]
         for key in ("train/loss", "val/accuracy", "test/accuracy", "perf/params", "perf/train_tokens_per_s",
                     "perf/wall_s", "perf/peak_mem_mib"):
