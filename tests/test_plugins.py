@@ -243,6 +243,12 @@ def test_a_third_party_family_can_be_the_baseline(plugin_dist, workdir, tracking
     base = toy.rows[0].metrics["test/accuracy"].mean
     assert transformer.delta == pytest.approx(transformer.metrics["test/accuracy"].mean - base)
     assert transformer.p_value is not None and 0 < transformer.p_value <= 1  # the toy task's declared test
+    # the command line finds the task's declared test through --plugin, as `run` found the task
+    shown = CliRunner().invoke(app, ["compare", "--experiment", "bowbase", "--format", "json", "--no-log",
+                                     "--tracking-uri", tracking_uri, "--plugin", "attnbench_test_plugins"])
+    assert shown.exit_code == 0, shown.output
+    [task] = json.loads(shown.stdout)["tasks"]
+    assert task["baseline"] == "bow" and task["rows"][1]["p_value"] == pytest.approx(transformer.p_value)
 
 
 def test_hook_register_tasks(tmp_path):

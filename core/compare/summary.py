@@ -62,7 +62,7 @@ class TaskSummary:
         breakdowns of the primary metric (``<primary>_*``: per length bucket, per construction),
         which would not fit a terminal."""
         names = {m for row in self.rows for m in row.metrics}
-        primary = f"test/{self.primary_metric}"
+        primary = TEST + self.primary_metric
         rest = sorted(n for n in names if n != primary)
         if headline:
             rest = [n for n in rest if not n.startswith(primary + "_")]
@@ -182,7 +182,7 @@ def summarize(records: list[RunRecord], *, experiment: str, parent_run_id: str |
         first = next(iter(groups.values()))[0]
         primary, better = first.primary_metric, first.greater_is_better
         rows = [_aggregate(model, runs) for model, runs in groups.items()]
-        key = f"test/{primary}"
+        key = TEST + primary
 
         def quality(row, _key=key, _better=better):
             stat = row.metrics.get(_key)
