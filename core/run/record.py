@@ -7,7 +7,9 @@ MLflow run into a :class:`RunRecord` with :func:`RunRecord.from_mlflow`. Nobody 
 
 A child run holds:
 
-- tags: :class:`Tag` (task, family, model, seed, run_key, ...), ``mlflow.parentRunId``;
+- tags: :class:`Tag` (task, family, model, seed, run_key, ...), ``mlflow.parentRunId``; what
+  the plugins declare is a tag too (the task's primary metric, direction and scale, whether
+  the family is a no-attention baseline), so compare reads it from the run alone;
 - params: the resolved grid config, flattened (``model.attention``, ``train.lr``, ...);
 - metrics by prefix: ``train/`` per step, ``val/`` per epoch, ``test/`` at the end,
   ``test_<override>/`` for ``evaluate_with`` re-evaluations, ``perf/`` (see :data:`PERF`;

@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from attnbench import Batch, Evaluation, SplitSizes, SplitTask, TaskIO, hookimpl
 from attnbench.data import PAD, SEP, SPECIAL_TOKENS

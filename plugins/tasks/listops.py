@@ -30,7 +30,7 @@ import random
 import statistics
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 from sklearn.metrics import accuracy_score, f1_score
 
 from attnbench import Batch, Evaluation, SplitSizes, SplitTask, TaskIO, hookimpl

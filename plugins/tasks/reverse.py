@@ -28,7 +28,7 @@ from typing import Literal
 
 import numpy as np
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from attnbench import Batch, Evaluation, SplitSizes, SplitTask, TaskIO, hookimpl
 from attnbench.data import BOS, EOS, PAD, SPECIAL_TOKENS, pad_batch
