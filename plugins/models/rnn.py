@@ -273,8 +273,8 @@ class RNNFamily(ModelFamily):
 
     @property
     def is_baseline(self) -> bool:
-        """No attention anywhere: the baseline compare measures attention against."""
-        return True
+        """Without ``attention`` the rnn is the baseline compare measures attention against."""
+        return not self.uses_attention
 
     def tags(self) -> dict[str, str]:
         return {"attention": self.options.attention or "none"}
