@@ -155,6 +155,7 @@ def test_rnn_with_attention_is_labelled_and_tagged_apart_from_the_baseline(host)
     assert (baseline.label(), family.label()) == ("rnn-lstm", "rnn-lstm+additive")
     assert baseline.tags() == {"attention": "none"} and not baseline.uses_attention
     assert family.tags() == {"attention": "additive"} and family.uses_attention
+    assert baseline.is_baseline and not family.is_baseline  # compare measures rnn+attention against rnn
     attention = [m for m in model.modules() if isinstance(m, Attention)]
     assert [type(m).__name__ for m in attention] == ["AdditiveAttention"]
 
