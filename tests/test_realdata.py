@@ -16,6 +16,8 @@ import torch
 
 from attnbench import ModelDims
 from attnbench.plugin_host import get_host
+from attnbench.config import TrainConfig
+from attnbench.run.training import evaluate_split
 
 pytestmark = pytest.mark.realdata
 torch.set_num_threads(1)
@@ -93,7 +95,6 @@ def test_real_corpus_trains_a_few_steps(case, tmp_path):
     assert all(math.isfinite(x) for x in before + after)
     assert sum(after) < sum(before), f"{case}: loss did not drop ({before} -> {after})"
 
-    model.eval()
-    result = task.evaluate(model, "test", batch_size=16, device=torch.device("cpu"))
+    result = evaluate_split(task, model, "test", TrainConfig(eval_batch_size=16), torch.device("cpu"))
     assert math.isfinite(result.metrics[task.primary_metric])
     assert result.predictions and {"id", "input", "prediction"} <= set(result.predictions[0])
