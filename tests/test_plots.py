@@ -94,7 +94,8 @@ def record(task, kind, model, seed, primary, value, speed, buckets=None):
     return RunRecord(run_id=f"{task}{model}{seed}", name=f"{task}/{model}/seed{seed}", status="FINISHED", task=task,
                      kind=kind, family=family, attention="none" if family == "rnn" else model.split("-")[1],
                      model=model, seed=seed, run_key=f"{task}{model}{seed}", primary_metric=primary,
-                     greater_is_better=True, metrics=metrics, artifact_uri="/nonexistent", parent_run_id=None)
+                     greater_is_better=True, metrics=metrics, artifact_uri="/nonexistent", parent_run_id=None,
+                     baseline=family == "rnn")  # as the rnn family declares it (Tag.BASELINE)
 
 
 @pytest.fixture
