@@ -16,6 +16,7 @@ from attnbench.errors import BadInputError
 from attnbench.plugin_host import discover
 from attnbench.plugins.tasks import synthetic_sentiment
 from attnbench.plugins.tasks.sentiment import SentimentTask
+from attnbench.run.record import CHILD_FILTER, Tag
 
 from conftest import write_grid
 
@@ -164,12 +165,12 @@ def test_runs_log_the_breakdown_and_compare_shows_it(workdir, tracking_uri):
     assert result.exit_code == 0, result.output
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name("sentiment_breakdown")
-    children = client.search_runs([exp.experiment_id], "tags.`attnbench.role` = 'child'")
+    children = client.search_runs([exp.experiment_id], CHILD_FILTER)
     assert len(children) == 2
     columns = [f"test/accuracy_{c}" for c in synthetic_sentiment.CONSTRUCTIONS]
     for child in children:
         assert set(columns) <= set(child.data.metrics)
-        if child.data.tags["attnbench.family"] == "transformer":
+        if child.data.tags[Tag.FAMILY] == "transformer":
             assert child.data.params["model.pooling"] == "max"
     markdown = CliRunner().invoke(app, ["compare", "g.yaml", "--tracking-uri", tracking_uri, "--format", "markdown"])
     assert markdown.exit_code == 0, markdown.output
