@@ -74,7 +74,11 @@ def test_a_tiny_run_logs_phase_seconds_and_head_statistics(workdir, tracking_uri
         assert {"data", "train", "eval", "pictures", "tracking"} <= set(phases), phases
         assert sum(phases.values()) == pytest.approx(metrics[record.PERF["pairing_s"]])
         assert metrics[record.PERF["pairing_s"]] >= metrics[record.PERF["wall_s"]] - 0.5
-    assert "train " in result.output and " · " in result.output  # the per-pairing phase line
+    # the per-pairing phase line shows the phases that took 0.05 s or more (a warm toy run may take less)
+    for run in children.values():
+        line = timings.phase_line(run.data.metrics)
+        assert line in result.output.replace("\n", " ") if line else True
+    assert any(timings.phase_line(run.data.metrics) for run in children.values())
 
     transformer = children["transformer"]
     heads = {k: v for k, v in transformer.data.metrics.items() if k.startswith(record.HEADS_PREFIX)}
