@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..errors import BadInputError
 from ..models import ModelDims
 from .eval_override import EvalOverride
+from .execution import ExecutionConfig
 from ..plugin_host import PluginHost
 
 
@@ -75,6 +76,7 @@ class ExperimentFile(BaseModel):
     tasks: dict[str, dict[str, Any]] = Field(default_factory=dict)
     evaluate_with: list[EvalOverride] = Field(
         default_factory=list, description="re-evaluate the test split with other attention options")
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
 
 @dataclass
@@ -91,6 +93,8 @@ class RunSpec:
     train: TrainConfig
     seed: int
     evaluate_with: list[EvalOverride] = field(default_factory=list)
+    # part -> "<distribution> <version>[ source <hash>]" of the plugin providing it (run/provenance.py)
+    provenance: dict[str, str] = field(default_factory=dict)
 
     @property
     def run_name(self) -> str:
@@ -113,6 +117,8 @@ class RunSpec:
         config = self.resolved()
         for cosmetic in ("log_every", "save_checkpoint", "device", "threads"):
             config["train"].pop(cosmetic, None)
+        if self.provenance:  # a changed or swapped plugin is a different result
+            config["provenance"] = self.provenance
         blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -13,6 +13,7 @@ import pluggy
 
 from . import hookspecs
 from ..errors import PluginError
+from .provenance import provenance_of
 from .registry import Registry
 
 ENTRY_POINT_GROUP = "attnbench"
@@ -91,8 +92,9 @@ def discover(extra_modules: list[str] | tuple[str, ...] = ()) -> PluginHost:
         task=Registry("task", Task),
     )
     labels: dict[int, str] = {}
+    distributions: dict[int, str | None] = {}  # id(module) -> distribution (None for --plugin)
 
-    def add(module_name: str, label: str, loader) -> None:
+    def add(module_name: str, label: str, loader, distribution: str | None = None) -> None:
         try:
             module = loader()
         except Exception as exc:  # a broken plugin must not take the others down
@@ -108,6 +110,7 @@ def discover(extra_modules: list[str] | tuple[str, ...] = ()) -> PluginHost:
             host.failures.append(PluginFailure(label, "register", f"{type(exc).__name__}: {exc}"))
             return
         labels[id(module)] = label
+        distributions[id(module)] = distribution
         host.loaded.append(label)
 
     allowed = allow_list()
@@ -116,7 +119,7 @@ def discover(extra_modules: list[str] | tuple[str, ...] = ()) -> PluginHost:
         builtin = dist == BUILTIN_DISTRIBUTION
         if not builtin and allowed is not None and dist not in allowed and ep.name not in allowed:
             continue
-        add(ep.value, f"{dist} ({ep.value})", ep.load)
+        add(ep.value, f"{dist} ({ep.value})", ep.load, None if dist == "?" else dist)
     for module_name in extra_modules:
         add(module_name, f"--plugin ({module_name})", lambda m=module_name: importlib.import_module(m))
 
@@ -125,8 +128,9 @@ def discover(extra_modules: list[str] | tuple[str, ...] = ()) -> PluginHost:
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
             label = labels.get(id(impl.plugin), impl.plugin_name)
 
-            def register(name, factory, _label=label, **meta):
-                registry.register(name, factory, plugin=_label, **meta)
+            def register(name, factory, _label=label, _module=impl.plugin, **meta):
+                origin = provenance_of(_module, factory, distributions.get(id(_module)))
+                registry.register(name, factory, plugin=_label, provenance=origin.describe(), **meta)
 
             try:
                 impl.function(register=register)
