@@ -12,6 +12,7 @@ from .bench import bench
 from .compare import compare
 from .plugins import plugins
 from .run import run
+from .stale import stale
 from .ui import ui
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app.command("plugins")(plugins)
 app.command("ui")(ui)
 app.command("bench")(bench)
 app.command("compare")(compare)
+app.command("stale")(stale)
 
 
 def main() -> None:

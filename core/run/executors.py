@@ -80,13 +80,21 @@ def _run_unit(job: GridJob, index: int, report) -> UnitResult:
 
 
 def _pool_main(job: GridJob, tasks, events) -> None:
-    """A local worker process: take pairing indices until told to stop (None)."""
+    """A local worker process: take pairing indices until told to stop (None) or orphaned."""
     from .interrupts import install
 
     install()  # SIGTERM from the invoking process (or Ctrl-C on the terminal) ends the pairing KILLED
-    index = None
+    parent, index = os.getppid(), None
     try:
-        while (index := tasks.get()) is not None:
+        while True:
+            try:
+                index = tasks.get(timeout=1.0)
+            except queue.Empty:
+                if os.getppid() != parent:  # the invoking process died (kill -9): nobody to report to
+                    return
+                continue
+            if index is None:
+                return
             events.put((index, "pid", os.getpid()))
             result = _run_unit(job, index, lambda kind, value, i=index: events.put((i, kind, value)))
             events.put((index, "done", result))

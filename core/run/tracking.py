@@ -160,9 +160,9 @@ def open_client(uri: str):
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(uri)
     with store_lock(uri):
         try:
+            client = MlflowClient(uri)  # opening the store may create and migrate it
             client.search_experiments(max_results=1)
         except MlflowException as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
