@@ -83,7 +83,8 @@ def artifact_root(config: TrackingConfig | None = None, tracking_uri: str | None
 
 DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 SUPPORTED_SCHEMES = ("sqlite", "file", "http", "https", *DATABASE_SCHEMES, "databricks")
-REACH_TIMEOUT_S = 5.0
+REACH_TIMEOUT_S = 5.0  # to connect; a server that accepted the connection may take longer to answer
+ANSWER_TIMEOUT_S = 60.0  # a fresh server's first request sets up its store
 SERVER_HINT = ("start one with `mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000` "
                "(docs/scale.md shows a team server), or pass another --tracking-uri")
 
@@ -113,11 +114,13 @@ def _check_server(uri: str, timeout_s: float) -> None:
 
     url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search"
     try:
-        response = requests.post(url, json={"max_results": 1}, timeout=timeout_s)
+        response = requests.post(url, json={"max_results": 1}, timeout=(timeout_s, ANSWER_TIMEOUT_S))
     except requests.RequestException as exc:
         reason = type(exc).__name__ if not isinstance(exc, requests.ConnectionError) else "connection refused or host unreachable"
-        if isinstance(exc, requests.Timeout):
-            reason = f"no answer within {timeout_s:.0f} s"
+        if isinstance(exc, requests.ConnectTimeout):
+            reason = f"no connection within {timeout_s:.0f} s"
+        elif isinstance(exc, requests.Timeout):
+            reason = f"connected, but no answer within {ANSWER_TIMEOUT_S:.0f} s"
         raise BadInputError(f"tracking server {uri} is not reachable ({reason}); {SERVER_HINT}") from None
     if response.status_code != 200:
         raise BadInputError(f"tracking URI {uri} does not answer like an MLflow tracking server "
