@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -81,6 +82,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop a server and the processes it started (mlflow server runs uvicorn and a job runner)."""
+    for signum, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def as_postgres_user(argv: list[str], user: str | None) -> list[str]:
     """initdb and postgres refuse to run as root: run them as another user when we are root."""
     return ["runuser", "-u", user, "--", *argv] if user else argv
@@ -140,8 +155,7 @@ def test_mlflow_server_on_postgresql_with_two_workers(workdir):
         assert list((tmp_path / "artifacts").rglob("predictions.jsonl"))
     finally:
         if server is not None:
-            os.killpg(server.pid, 15)
-            server.wait(timeout=30)
+            stop_group(server)
         if started:
             subprocess.run(as_postgres_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], user),
                            capture_output=True, timeout=60)
