@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -172,14 +173,29 @@ def test_runs_record_which_plugin_provided_task_family_and_attention(workdir, tr
     assert Tag.PROVIDED_BY + "attention" not in rnn  # no attention, no provider
 
 
-def test_distribution_provenance_names_the_installed_version(plugin_dist):
+def test_an_installed_distribution_is_known_by_its_version_a_source_tree_by_its_hash(tmp_path, monkeypatch):
     from test_plugins import example_plugin_source
 
     from attnbench.plugin_host import get_host
 
-    plugin_dist("attnbench-example-plugin", {"attnbench_example_plugin": example_plugin_source()},
-                {"linear": "attnbench_example_plugin"})
-    assert get_host().attention.get("linear").provenance == "attnbench-example-plugin 0.1"  # not editable: no hash
+    def install(root: Path, version: str) -> None:
+        root.mkdir(parents=True)
+        (root / "attnbench_example_plugin.py").write_text(textwrap.dedent(example_plugin_source()))
+        info = root / f"attnbench_example_plugin-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: attnbench-example-plugin\nVersion: {version}\n")
+        (info / "entry_points.txt").write_text("[attnbench]\nlinear = attnbench_example_plugin\n")
+        monkeypatch.syspath_prepend(str(root))
+
+    install(tmp_path / "lib" / "site-packages", "1.2")
+    assert get_host().attention.get("linear").provenance == "attnbench-example-plugin 1.2"
+    sys.modules.pop("attnbench_example_plugin", None)
+    from attnbench import plugin_host
+
+    plugin_host.reset_cache()
+    install(tmp_path / "checkout", "1.2")  # the same version from a source tree (as pip install -e runs it)
+    assert re.fullmatch(r"attnbench-example-plugin 1\.2 source [0-9a-f]{12}", get_host().attention.get("linear").provenance)
+    sys.modules.pop("attnbench_example_plugin", None)
 
 
 # ---------------------------------------------------------------- fail fast, exit 2

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata as md
 import inspect
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,29 +29,24 @@ class Provenance:
 
 def provenance_of(module, factory, distribution: str | None) -> Provenance:
     """Provenance of ``factory`` registered by ``module`` (a plugin's entry-point or --plugin module)."""
-    version, editable = "", True
+    version = ""
     if distribution:
         try:
-            dist = md.distribution(distribution)
-            version = dist.version
-            editable = _is_editable(dist)
+            version = md.distribution(distribution).version
         except md.PackageNotFoundError:
             pass
-    if not editable:
-        return Provenance(distribution or "", version, "")
     files = _source_files(module) | _source_files(sys.modules.get(getattr(factory, "__module__", ""), None))
+    if distribution and version and files and all(_installed(path) for path in files):
+        return Provenance(distribution, version, "")  # a regular install: the version says it all
     return Provenance(distribution or "", version, _hash_files(files))
 
 
-def _is_editable(dist: md.Distribution) -> bool:
-    """PEP 610: pip records ``dir_info.editable`` in direct_url.json for ``pip install -e``."""
-    raw = dist.read_text("direct_url.json")
-    if not raw:
-        return False
-    try:
-        return bool(json.loads(raw).get("dir_info", {}).get("editable", False))
-    except ValueError:
-        return False
+def _installed(path: Path) -> bool:
+    """Inside site-packages: installed from a built distribution, not run from a source tree
+    (an editable install or a --plugin module can change without a new version).
+    The location is what counts: metadata such as PEP 610's direct_url.json is missing when a
+    stale ``*.egg-info`` in the working directory shadows the installed distribution."""
+    return any(part in ("site-packages", "dist-packages") for part in path.parts)
 
 
 def _source_files(module) -> set[Path]:

@@ -74,7 +74,8 @@ class Worker:
         if spec.run_key != self.job.run_keys[index]:
             return UnitResult(index, "FAILED", error=(
                 f"this worker ({claims.owner_id()}) computes run_key {spec.run_key} for {spec.run_name}, the submitter "
-                f"{self.job.run_keys[index]}: install the same plugins (and versions) on every node"))
+                f"{self.job.run_keys[index]}: install the same plugins (and versions) on every node; this worker has "
+                + ", ".join(f"{part}: {text}" for part, text in spec.provenance.items())))
         state = claims.pairing_state(self.client, self.job.experiment_id, spec.run_key, lease.lease_s)
         if state.finished is not None:
             return _elsewhere(index, "SKIPPED", state.finished)
