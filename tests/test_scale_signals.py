@@ -22,23 +22,15 @@ from attnbench.run import record
 from attnbench.run.record import Tag
 
 from conftest import write_grid
+from test_runner import GRID
 
 TESTS = Path(__file__).resolve().parent
 
 # 4 pairings of about 3 s each (6 steps, 0.5 s asleep per step), whatever the machine's load.
-SLOW_GRID = """
-name: toygrid
-grid:
-  task: [toy]
-  model:
-    - {family: rnn, cell: gru}
-    - {family: transformer, attention: multihead}
-  seed: [0, 1]
-model: {d_model: 16, n_layers: 1, n_heads: 2, dropout: 0.0}
-train: {epochs: 2, batch_size: 16, lr: 3.0e-3, log_every: 1, save_checkpoint: false, threads: 1}
-tasks:
-  toy: {n_train: 48, slow_s: 0.5}
-"""
+SLOW_GRID = (GRID.replace("seed: [0]\n", "seed: [0, 1]\n")
+             .replace("save_checkpoint: false}", "save_checkpoint: false, threads: 1}")
+             .replace("toy: {n_train: 48}", "toy: {n_train: 48, slow_s: 0.5}"))
+assert "slow_s" in SLOW_GRID and "seed: [0, 1]" in SLOW_GRID and "threads: 1" in SLOW_GRID
 
 
 class Attnbench:
