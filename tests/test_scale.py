@@ -187,11 +187,13 @@ def test_an_installed_distribution_is_known_by_its_version_a_source_tree_by_its_
         (info / "entry_points.txt").write_text("[attnbench]\nlinear = attnbench_example_plugin\n")
         monkeypatch.syspath_prepend(str(root))
 
+    from attnbench import plugin_host
+
+    sys.modules.pop("attnbench_example_plugin", None)  # another test may have imported its own copy
+    plugin_host.reset_cache()
     install(tmp_path / "lib" / "site-packages", "1.2")
     assert get_host().attention.get("linear").provenance == "attnbench-example-plugin 1.2"
     sys.modules.pop("attnbench_example_plugin", None)
-    from attnbench import plugin_host
-
     plugin_host.reset_cache()
     install(tmp_path / "checkout", "1.2")  # the same version from a source tree (as pip install -e runs it)
     assert re.fullmatch(r"attnbench-example-plugin 1\.2 source [0-9a-f]{12}", get_host().attention.get("linear").provenance)
