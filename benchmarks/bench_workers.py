@@ -21,13 +21,25 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def timed_run(workers: int, tasks: str, max_steps: int, workdir: Path, tag: str) -> float:
-    argv = [sys.executable, "-m", "attnbench.cli.app", "run", str(REPO / "experiments" / "quick.yaml"),
+def slice_of_default_grid(tasks: list[str], workdir: Path) -> Path:
+    """experiments/quick.yaml restricted to ``tasks`` (all its models, its settings)."""
+    grid = yaml.safe_load((REPO / "experiments" / "quick.yaml").read_text())
+    grid["grid"]["task"] = tasks
+    grid["tasks"] = {name: options for name, options in grid["tasks"].items() if name in tasks}
+    path = workdir / "slice.yaml"
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return path
+
+
+def timed_run(workers: int, grid: Path, max_steps: int, workdir: Path, tag: str) -> float:
+    argv = [sys.executable, "-c", "from attnbench.cli import main; main()", "run", str(grid),
             "--tracking-uri", f"sqlite:///{workdir / f'{tag}.db'}", "--workers", str(workers),
-            "--set", f"grid.task=[{tasks}]", "--set", f"train.max_steps={max_steps}",
+            "--set", f"train.max_steps={max_steps}",
             "--set", "train.save_checkpoint=false", "--set", f"name=bench_workers_{tag}"]
     env = os.environ | {"ATTNBENCH_CACHE": str(workdir / "cache")}
     started = time.perf_counter()
@@ -48,12 +60,13 @@ def main() -> None:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
         workdir = Path(tmp)
+        grid = slice_of_default_grid(args.tasks.split(","), workdir)
         # prepare the tasks' data once (tokenizers, synthetic corpora), outside the timings
-        timed_run(1, args.tasks, 1, workdir, "warmup")
+        timed_run(1, grid, 1, workdir, "warmup")
         serial, parallel = [], []
         for r in range(args.rounds):
-            serial.append(timed_run(1, args.tasks, args.max_steps, workdir, f"serial{r}"))
-            parallel.append(timed_run(args.workers, args.tasks, args.max_steps, workdir, f"parallel{r}"))
+            serial.append(timed_run(1, grid, args.max_steps, workdir, f"serial{r}"))
+            parallel.append(timed_run(args.workers, grid, args.max_steps, workdir, f"parallel{r}"))
     load_after = os.getloadavg()
     s, p = statistics.median(serial), statistics.median(parallel)
     pairings = 5 * len(args.tasks.split(","))
