@@ -1,15 +1,22 @@
 """Efficiency of attention variants against sequence length (the library behind ``attnbench bench``).
 
-Every (variant, length) point is measured in a fresh Python subprocess, so peak memory is
-honest on the CPU too: the worker warms up on a short sequence, records its peak resident set
-size (``resource.getrusage``), runs one forward+backward at the real length and reports the
-growth of the peak. On CUDA it uses ``torch.cuda.max_memory_allocated`` instead. Time is the
-best of a few forward+backward passes in the same worker.
+Every (variant, length) point is measured in a fresh Python subprocess. Peak memory is what
+one forward+backward call itself allocates and holds at its high point: on the CPU from the
+allocation events of torch's profiler (``profile_memory=True``), on CUDA from
+``torch.cuda.max_memory_allocated``. (Resident-set deltas read 0 MiB for small n: the heap
+already held the pages.) Time is the best of a few forward+backward passes in the same worker,
+under glibc's default allocator settings, as in a training process.
+
+A growth exponent is the slope of a straight line through log(time) against log(n); when
+that line explains the points poorly (R² below :data:`POOR_FIT_R2`) or the slope is
+negative, timings were too noisy to read an exponent from, and the result says so.
 
 Two reference rows need no plugin: ``sdpa`` (bare ``scaled_dot_product_attention`` on
 ``(B, H, n, D)`` tensors, always measured) and ``materialised`` (explicit
 ``softmax(QK^T / sqrt(D)) V``, the memory yardstick of a full attention matrix).
 Variants are measured as whole modules (projections included) with default options.
+A variant name is resolved through the plugin host (built-ins, installed plugins and
+``--plugin`` modules alike); the worker imports the class the host resolved.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ DTYPES = ("float32", "bfloat16")
 DEVICES = ("cpu", "cuda")
 DEFAULT_EXPERIMENT = "attnbench-bench"
 WARMUP_LENGTH = 128
+POOR_FIT_R2 = 0.9
 
 
 @dataclass
@@ -49,6 +57,7 @@ class BenchSpec:
     repeats: int = 3
     options: dict[str, dict] = field(default_factory=dict)
     threads: int | None = None  # torch threads in the worker; None keeps torch's default
+    plugins: list[str] = field(default_factory=list)  # extra plugin modules (--plugin), as for run
 
     def validate(self, host=None) -> None:
         """Raise BadInputError naming the flag when something cannot be measured."""
@@ -102,11 +111,22 @@ class BenchResult:
         points = self.of(variant)
         return growth_exponent([m.n for m in points], [m.ms for m in points])
 
+    def fit_r2(self, variant: str) -> float | None:
+        """How well a power law explains the variant's times (R² of the log-log line)."""
+        points = self.of(variant)
+        return fit_r2([m.n for m in points], [m.ms for m in points])
+
+    def poor_fit(self, variant: str) -> bool:
+        """True when the growth exponent should not be read (noisy or non-monotone timings)."""
+        exp, r2 = self.growth_exponent(variant), self.fit_r2(variant)
+        return exp is not None and (exp < 0 or (r2 is not None and r2 < POOR_FIT_R2))
+
     def rows(self) -> list[dict]:
         """One JSON-ready dict per (variant, length), as ``--json`` prints them."""
-        exps = {v: self.growth_exponent(v) for v in self.variants()}
+        fits = {v: {"growth_exponent": self.growth_exponent(v), "fit_r2": self.fit_r2(v),
+                    "poor_fit": self.poor_fit(v)} for v in self.variants()}
         common = {k: getattr(self.spec, k) for k in ("device", "dtype", "batch", "heads", "head_dim")}
-        return [asdict(m) | {"growth_exponent": exps[m.variant]} | common for m in self.measurements]
+        return [asdict(m) | fits[m.variant] | common for m in self.measurements]
 
 
 def growth_exponent(lengths: list[int], times: list[float]) -> float | None:
@@ -118,15 +138,32 @@ def growth_exponent(lengths: list[int], times: list[float]) -> float | None:
     return float(slope)
 
 
+def fit_r2(lengths: list[int], times: list[float]) -> float | None:
+    """R² of the least-squares line through (log n, log time); None below three points
+    (two points always fit exactly)."""
+    import numpy as np
+
+    if len(lengths) < 3:
+        return None
+    x, y = np.log(lengths), np.log(times)
+    slope, intercept = np.polyfit(x, y, 1)
+    total = float(((y - y.mean()) ** 2).sum())
+    if total == 0:
+        return 1.0
+    return 1.0 - float(((y - (slope * x + intercept)) ** 2).sum()) / total
+
+
 # --- measuring one point (in a subprocess) --------------------------------------------------
 
 
 def measure(variant: str, n: int, spec: BenchSpec, timeout: float = 1800) -> Measurement:
     """Measure one (variant, length) point in a fresh interpreter; errors come back as AttnbenchError."""
-    job = {"variant": variant, "n": n, "spec": asdict(spec)}
-    # A fixed mmap threshold makes glibc return freed large blocks to the OS at once, so the
-    # peak RSS follows live tensors instead of whatever the heap kept cached.
-    env = {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024)} | os.environ
+    job = {"variant": variant, "n": n, "spec": asdict(spec), "factory": resolve_factory(variant, spec)}
+    # No fixed MALLOC_MMAP_THRESHOLD_ (peak memory comes from the profiler's allocation
+    # events): timed under a 64 KiB threshold, every large tensor was a fresh mmap whose pages
+    # the kernel zero-fills, which doubled the time of allocation-heavy variants. The worker
+    # sees this interpreter's sys.path, so it can import what the host resolved here.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     proc = subprocess.run(
         [sys.executable, "-m", "attnbench.bench", "--worker", json.dumps(job)],
         capture_output=True, text=True, timeout=timeout, env=env,
@@ -138,7 +175,7 @@ def measure(variant: str, n: int, spec: BenchSpec, timeout: float = 1800) -> Mea
     return Measurement(variant, n, data["ms"], data["peak_mib"])
 
 
-def _build_step(variant: str, n: int, spec: BenchSpec):
+def _build_step(variant: str, n: int, spec: BenchSpec, factory: str | None = None):
     """A zero-argument callable running one forward+backward of ``variant`` at length ``n``."""
     import torch
     import torch.nn.functional as F
@@ -159,7 +196,7 @@ def _build_step(variant: str, n: int, spec: BenchSpec):
                 return F.scaled_dot_product_attention(q, k, v)
             return torch.softmax((q @ k.transpose(-1, -2)) / math.sqrt(d), dim=-1) @ v
     else:
-        cls = _attention_class(variant)
+        cls = _import_factory(factory)
         torch.manual_seed(0)
         module = cls(h * d, h, 0.0, options=cls.parse_options(spec.options.get(variant))).to(device, dtype)
         x = rand(b, n, h * d)
@@ -176,35 +213,58 @@ def _build_step(variant: str, n: int, spec: BenchSpec):
     return step
 
 
-def _attention_class(name: str):
-    """A built-in variant straight from its module (fast start), else through full discovery."""
-    import importlib
+def resolve_factory(variant: str, spec: BenchSpec) -> str | None:
+    """``module:qualname`` of the class the plugin host registers under ``variant``.
 
-    try:
-        module = importlib.import_module(f"attnbench.plugins.attention.{name}")
-    except ImportError:
-        module = None
-    found = {}
-    if module is not None and hasattr(module, "register_attention"):
-        module.register_attention(lambda reg_name, factory, **meta: found.setdefault(reg_name, factory))
-    if name in found:
-        return found[name]
+    None for the built-in reference rows. Unknown names raise BadInputError with the valid
+    choices; a class the worker could not import by name is also refused here.
+    """
+    if variant in BUILTIN_REFERENCES:
+        return None
     from .plugin_host import get_host
 
-    return get_host().attention.get(name).factory
+    cls = get_host(spec.plugins).attention.get(variant).factory
+    if "<locals>" in cls.__qualname__:
+        raise BadInputError(f"--attention: {variant!r} ({cls.__qualname__}) is defined inside a function; "
+                            "the bench worker can only import module-level classes")
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _import_factory(path: str):
+    import importlib
+
+    module_name, qualname = path.split(":")
+    obj = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def peak_allocated_bytes(step) -> int:
+    """Peak of the bytes ``step()`` allocates on the CPU and has not freed yet, from the
+    allocation events torch's profiler records (tensors only: torch's own allocator)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()  # negative for a free
+        peak = max(peak, live)
+    return peak
 
 
 def _worker(job: dict) -> dict:
-    import resource
-
     import torch
 
     spec = BenchSpec(**job["spec"])
     if spec.threads:
         torch.set_num_threads(spec.threads)
-    variant, n = job["variant"], job["n"]
-    _build_step(variant, min(WARMUP_LENGTH, n), spec)()  # load kernels and thread pools first
-    step = _build_step(variant, n, spec)
+    variant, n, factory = job["variant"], job["n"], job.get("factory")
+    _build_step(variant, min(WARMUP_LENGTH, n), spec, factory)()  # load kernels and thread pools first
+    step = _build_step(variant, n, spec, factory)
     if spec.device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -212,9 +272,7 @@ def _worker(job: dict) -> dict:
         step()
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-        step()
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024
+        peak = peak_allocated_bytes(step)
     best = math.inf
     for _ in range(spec.repeats):
         start = time.perf_counter()
@@ -275,17 +333,25 @@ def plot_loglog(result: BenchResult, path: Path) -> Path:
     return path
 
 
-def log_to_mlflow(result: BenchResult, tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT) -> dict[str, str]:
+def log_to_mlflow(result: BenchResult, tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT,
+                  artifact_root_uri: str | None = None) -> dict[str, str]:
     """One MLflow run per variant: metrics stepped by n, the growth exponent, the log-log PNG.
 
-    Returns ``{variant: run_id}``.
+    Artifacts go under ``artifact_root_uri`` (default: ``artifact_location`` of mlflow.yaml),
+    like every other command's. Returns ``{variant: run_id}``.
     """
     import tempfile
 
     import mlflow
+    from mlflow.tracking import MlflowClient
 
+    from .run.tracking import artifact_root, check_artifact_root_writable, check_writable, get_or_create_experiment
+
+    root = artifact_root_uri or artifact_root()
+    check_writable(tracking_uri)
+    check_artifact_root_writable(root)
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment)
+    mlflow.set_experiment(experiment_id=get_or_create_experiment(MlflowClient(tracking_uri), experiment, root))
     s = result.spec
     run_ids = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -303,6 +369,9 @@ def log_to_mlflow(result: BenchResult, tracking_uri: str, experiment: str = DEFA
                 exp = result.growth_exponent(variant)
                 if exp is not None:
                     mlflow.log_metric("growth_exponent", exp)
+                r2 = result.fit_r2(variant)
+                if r2 is not None:
+                    mlflow.log_metric("growth_fit_r2", r2)
                 mlflow.log_artifact(str(png))
                 run_ids[variant] = run.info.run_id
     return run_ids

@@ -7,6 +7,7 @@ anything unless ``path`` names a hub dataset.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -56,6 +57,32 @@ def _local_files(path: Path, split: str) -> Path | None:
     return None
 
 
+def check_jsonl(file: Path, where: str) -> None:
+    """Name the file and line of the first row that is not a JSON object, and refuse an empty
+    file (``datasets`` would say only "An error occurred while generating the dataset")."""
+    import gzip
+
+    opener = gzip.open if file.name.endswith(".gz") else open
+    rows = 0
+    try:
+        with opener(file, "rt", encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise BadInputError(f"{where}.path: {file} line {number}: not valid JSON ({exc.msg})") from None
+                if not isinstance(row, dict):
+                    raise BadInputError(f"{where}.path: {file} line {number}: expected a JSON object, got "
+                                        f"{type(row).__name__}")
+                rows += 1
+    except UnicodeDecodeError:
+        raise BadInputError(f"{where}.path: {file}: not UTF-8 text") from None
+    if rows == 0:
+        raise BadInputError(f"{where}.path: {file} has no rows")
+
+
 def _builder_for(file: Path) -> str:
     for ext, builder in LOCAL_EXTENSIONS.items():
         if file.name.endswith(ext):
@@ -85,13 +112,19 @@ def load_splits(data: DataSource, splits: Iterable[str], where: str) -> dict:
                         f"(looked for {theirs}{{{','.join(LOCAL_EXTENSIONS)}}}; found {have}); "
                         f"map splits with {where}.splits, e.g. {{test: validation}}"
                     )
+                if found.name.endswith((".jsonl", ".jsonl.gz")):
+                    check_jsonl(found, where)
                 files[ours] = str(found)
             builders = {_builder_for(Path(f)) for f in files.values()}
             if len(builders) > 1:
                 raise BadInputError(f"{where}.path: mixed file types in {path}: {sorted(builders)}")
-            loaded = datasets.load_dataset(builders.pop(), data_files=files)
+            with _quiet_datasets():
+                loaded = datasets.load_dataset(builders.pop(), data_files=files)
         elif path.is_file():
-            loaded = datasets.load_dataset(_builder_for(path), data_files={"train": str(path)})
+            if path.name.endswith((".jsonl", ".jsonl.gz")):
+                check_jsonl(path, where)
+            with _quiet_datasets():
+                loaded = datasets.load_dataset(_builder_for(path), data_files={"train": str(path)})
             missing = [s for s in wanted if s != "train"]
             if missing:
                 raise BadInputError(f"{where}.path: a single file gives only a train split; point to a folder with {missing} too")
@@ -108,11 +141,31 @@ def load_splits(data: DataSource, splits: Iterable[str], where: str) -> dict:
     out = {}
     for ours in wanted:
         ds = loaded[ours]
+        if len(ds) == 0:
+            raise BadInputError(f"{where}.path: split {wanted[ours]!r} of {data.path} has no rows")
         limit = data.limit(ours)
         if limit is not None and len(ds) > limit:
             ds = ds.select(range(limit))
         out[ours] = ds
     return out
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """No progress bars or logged tracebacks from ``datasets``: its errors reach the user as
+    one BadInputError line."""
+    import datasets
+
+    bars = datasets.utils.logging.is_progress_bar_enabled()
+    level = datasets.utils.logging.get_verbosity()
+    datasets.utils.logging.disable_progress_bar()
+    datasets.utils.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        datasets.utils.logging.set_verbosity(level)
+        if bars:
+            datasets.utils.logging.enable_progress_bar()
 
 
 def column(data: DataSource, field: str) -> str:

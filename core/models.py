@@ -26,11 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .attention import format_validation_error
-from .errors import BadInputError
+from .options import parse_options
 
 TASK_KINDS = ("classification", "span", "seq2seq", "lm")
 
@@ -77,10 +76,8 @@ class ModelFamily:
 
     @classmethod
     def parse_options(cls, raw: dict, where: str = "model") -> BaseModel:
-        try:
-            return cls.Options.model_validate(raw)
-        except ValidationError as exc:
-            raise BadInputError(format_validation_error(exc, prefix=where)) from None
+        """Validate this class's options (see :func:`attnbench.options.parse_options`)."""
+        return parse_options(cls.Options, raw, where)
 
     def label(self) -> str:
         """Short name used in run names, e.g. ``transformer-multihead`` or ``rnn-lstm``."""

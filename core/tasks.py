@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import ClassVar, Iterator
 
 import torch
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from .attention import format_validation_error
-from .errors import BadInputError
+from .options import parse_options
 from .models import TaskIO
 
 
@@ -66,10 +65,8 @@ class Task:
 
     @classmethod
     def parse_options(cls, raw: dict | None, where: str) -> BaseModel:
-        try:
-            return cls.Options.model_validate(raw or {})
-        except ValidationError as exc:
-            raise BadInputError(format_validation_error(exc, prefix=where)) from None
+        """Validate this class's options (see :func:`attnbench.options.parse_options`)."""
+        return parse_options(cls.Options, raw, where)
 
     def prepare(self) -> TaskIO:
         """Load data and build the vocabulary (idempotent); return what models need to know."""

@@ -369,3 +369,145 @@ def conformance_cases(host=None, options: dict[str, list[dict]] | None = None) -
         for case in attention_cases(host, options)
         for check in CHECKS
     ]
+
+
+# --- tasks and model families ----------------------------------------------------------------
+#
+# The same idea for the other two plugin kinds: ``check_task(MyTask, options)`` and
+# ``check_model_family(MyFamily, options, lengths=(16, 300))``. Authors pick the lengths: a
+# family with a chunked or bucketed path must be checked at lengths that reach it.
+
+TINY_DIMS = {"d_model": 16, "n_layers": 1, "n_heads": 2, "dropout": 0.0}
+
+
+def _finite(check: str, what: str, tensor: torch.Tensor) -> None:
+    if not torch.isfinite(tensor).all():
+        _fail(check, f"{what} holds NaN or inf")
+
+
+def _shape(check: str, what: str, tensor, want: tuple) -> None:
+    if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != want:
+        got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+        _fail(check, f"{what}: expected shape {want}, got {got}")
+
+
+def check_task(cls, options: dict | BaseModel | None = None, *, cache_dir, family: str | None = None,
+               host=None, batch_size: int = 4) -> None:
+    """Check a :class:`attnbench.Task` subclass end to end on a tiny model.
+
+    ``prepare()`` returns a :class:`~attnbench.TaskIO` of the task's kind and is idempotent;
+    every split yields ``num_batches`` batches with tokens counted; ``loss`` is a finite
+    scalar that reaches the model's parameters; ``evaluate`` (in eval mode, without
+    gradients, as the runner calls it) reports the primary metric as a finite number and a
+    prediction per example with an ``id``. ``family`` names the registered model family to
+    train with (default: the first that builds the task's kind). Raises ConformanceError.
+    """
+    from .models import TASK_KINDS, ModelDims
+
+    name = cls.__name__
+    opts = options if isinstance(options, BaseModel) else cls.parse_options(options, f"tasks.{name}")
+    task = cls(opts, cache_dir=cache_dir)
+    io = task.prepare()
+    if cls.kind not in TASK_KINDS or getattr(io, "kind", None) != cls.kind:
+        _fail("prepare", f"{name}.kind is {cls.kind!r} and prepare() returned kind {getattr(io, 'kind', io)!r}; "
+                         f"both must be one of {TASK_KINDS}")
+    if task.prepare() != io:
+        _fail("prepare", f"{name}.prepare() is not idempotent: a second call returned another TaskIO")
+    for split in ("train", "validation", "test"):
+        batches = list(task.batches(split, batch_size, shuffle=False))
+        if len(batches) != task.num_batches(split, batch_size) or not batches:
+            _fail("batches", f"{split}: num_batches says {task.num_batches(split, batch_size)}, "
+                             f"batches yielded {len(batches)} (at least one expected)")
+        if any(b.n_tokens <= 0 for b in batches):
+            _fail("batches", f"{split}: a batch reports n_tokens <= 0 (tokens/s would be wrong)")
+
+    host = host or _host()
+    families = [r for r in sorted(host.model, key=lambda r: r.name)
+                if (family is None or r.name == family) and cls.kind in getattr(r.factory, "kinds", ())]
+    if not families:
+        _fail("model", f"no registered model family builds {cls.kind!r} models" +
+                       (f" under the name {family!r}" if family else ""))
+    fam_cls = families[0].factory
+    fam = fam_cls(fam_cls.parse_options({}))
+    fam.validate(host)
+    torch.manual_seed(0)
+    model = fam.build(io, ModelDims(**TINY_DIMS), host)
+    batch = next(iter(task.batches("train", batch_size, shuffle=False)))
+    loss = task.loss(model, batch)
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        _fail("loss", f"loss must be a scalar tensor, got {type(loss).__name__} "
+                      f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}")
+    _finite("loss", "the loss", loss.detach())
+    loss.backward()
+    if not any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters()):
+        _fail("loss", "the loss does not reach any model parameter (no gradient)")
+
+    model.eval()
+    with torch.no_grad():
+        evaluation = task.evaluate(model, "validation", batch_size=batch_size, device=torch.device("cpu"))
+    value = evaluation.metrics.get(cls.primary_metric)
+    if not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
+        _fail("evaluate", f"metrics must hold the primary metric {cls.primary_metric!r} as a finite number; "
+                          f"got {sorted(evaluation.metrics)}")
+    if any("id" not in p for p in evaluation.predictions):
+        _fail("evaluate", "every prediction needs an 'id' (paired significance tests match on it)")
+
+
+def check_model_family(cls, options: dict | BaseModel | None = None, *, lengths: tuple[int, ...] = (12,),
+                       host=None, batch: int = 2) -> None:
+    """Check a :class:`attnbench.ModelFamily` subclass: for every kind in ``cls.kinds`` and
+    every length in ``lengths`` it builds, keeps the forward interface of that kind
+    (``attnbench.models``), gives finite outputs, and back-propagates to its parameters.
+    ``label()`` must be a valid run-name part. Raises ConformanceError."""
+    from .models import TASK_KINDS, ModelDims, TaskIO
+
+    name = cls.__name__
+    opts = options if isinstance(options, BaseModel) else cls.parse_options(options or {})
+    host = host or _host()
+    if not cls.kinds or not set(cls.kinds) <= set(TASK_KINDS):
+        _fail("kinds", f"{name}.kinds must list task kinds from {TASK_KINDS}, got {cls.kinds!r}")
+    vocab, classes = 32, 3
+    for kind in cls.kinds:
+        for n in lengths:
+            check = f"{kind}@{n}"
+            family = cls(opts)
+            family.validate(host)
+            label = family.label()
+            if not isinstance(label, str) or not label or "/" in label or ".." in label:
+                _fail("label", f"label() must be a short name without '/' or '..', got {label!r}")
+            io = TaskIO(kind=kind, vocab_size=vocab, max_len=n + 2, n_classes=classes, tgt_vocab_size=vocab,
+                        bos_id=2, eos_id=3, max_tgt_len=n + 2)
+            torch.manual_seed(0)
+            model = family.build(io, ModelDims(**TINY_DIMS), host)
+            gen = torch.Generator().manual_seed(1)
+            tokens = torch.randint(4, vocab, (batch, n), generator=gen)
+            pad = torch.zeros(batch, n, dtype=torch.bool)
+            pad[-1, n - max(1, n // 4):] = True  # the last sequence is padded at the end
+            if kind == "classification":
+                out = model(tokens, pad)
+                _shape(check, "logits", out, (batch, classes))
+            elif kind == "span":
+                out = model(tokens, pad)
+                if not (isinstance(out, tuple) and len(out) == 2):
+                    _fail(check, "span models return (start_logits, end_logits)")
+                for part in out:
+                    _shape(check, "span logits", part, (batch, n))
+                out = out[0] + out[1]
+            elif kind == "seq2seq":
+                memory = model.encode(tokens, pad)
+                out = model.decode(memory, pad, tokens)
+                _shape(check, "decode logits", out, (batch, n, vocab))
+                model.reorder_memory(memory, torch.tensor([1, 0]))
+            else:
+                out = model(tokens, pad)
+                _shape(check, "logits", out, (batch, n, vocab))
+            _finite(check, "the output", out.detach().masked_fill(torch.isneginf(out.detach()), 0))
+            out.masked_fill(torch.isneginf(out), 0).float().sum().backward()
+            if not any(p.grad is not None for p in model.parameters()):
+                _fail(check, "no parameter received a gradient")
+
+
+def _host():
+    from .plugin_host import get_host
+
+    return get_host()

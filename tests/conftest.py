@@ -19,6 +19,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_written_to_the_checkout():
+    """Tests write to temp dirs only: no store or artifact folder appears in the repository."""
+    watched = [REPO / name for name in ("mlruns", "mlartifacts", "mlflow.db", ".attnbench_cache")]
+    before = {p for p in watched if p.exists()}
+    yield
+    appeared = sorted(str(p.relative_to(REPO)) for p in watched if p.exists() and p not in before)
+    assert not appeared, f"the test suite wrote {appeared} into the checkout; use tmp_path / the workdir fixture"
+
+
 @pytest.fixture(autouse=True)
 def _fresh_plugins():
     """Discovery results are cached per process; every test starts from a clean discovery."""

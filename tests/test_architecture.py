@@ -14,7 +14,7 @@ CORE = Path(__file__).resolve().parents[1] / "core"
 # Stages in flow order; a module may import its own stage and earlier ones, never a later one.
 # ``attnbench`` itself only re-exports the plugin API (lazily) and ``hookimpl``.
 STAGES = ["api", "plugin_host", "testing", "config", "run", "bench", "compare", "cli"]
-API_MODULES = {"attention", "models", "tasks", "data", "errors"}
+API_MODULES = {"attention", "models", "tasks", "data", "errors", "options"}
 
 
 def module_name(path: Path) -> str:

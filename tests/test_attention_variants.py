@@ -189,3 +189,141 @@ def test_self_only_variants_refuse_cross_attention_clearly(cls):
     x, _ = x_and_mask()
     with pytest.raises(BadInputError, match="context: cross-attention is not supported.*multihead"):
         cls(D, HEADS)(x, x[:, :5])
+
+
+# --- dense-equivalent settings dispatch to SDPA ---------------------------------------------
+
+
+@pytest.mark.parametrize("options", [SparseOptions(window=N), SparseOptions(pattern="strided", window=N + 5),
+                                     SparseOptions(pattern="block", block_size=64)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_sparse_covering_the_sequence_is_multihead_exactly(options, causal, monkeypatch):
+    """A pattern that covers every pair runs multihead's dense path: identical outputs, no blocked work."""
+    import attnbench.plugins.attention.sparse as sparse_module
+
+    monkeypatch.setattr(sparse_module, "blocked_sparse_attention", lambda *a, **k: pytest.fail("blocked path taken"))
+    x, mask = x_and_mask()
+    dense = MultiHeadAttention(D, HEADS).eval()
+    sparse = SparseAttention(D, HEADS, options=options).eval()
+    sparse.load_state_dict(dense.state_dict())
+    assert sparse.dense_equivalent(N) and not SparseAttention(D, HEADS, options=SparseOptions(window=N - 1)).dense_equivalent(N)
+    for need_weights in (False, True):
+        want = dense(x, key_padding_mask=mask, causal=causal, need_weights=need_weights)
+        got = sparse(x, key_padding_mask=mask, causal=causal, need_weights=need_weights)
+        assert torch.equal(got[0], want[0]) and (not need_weights or torch.equal(got[1], want[1]))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_lsh_single_bucket_dispatch_matches_the_chunked_path(causal):
+    """One bucket runs one SDPA call; it agrees with the hashed, chunked computation it replaces."""
+    x, mask = x_and_mask()
+    module = LSHAttention(D, HEADS, options=LSHOptions(n_buckets=1, n_hashes=2)).eval()
+    assert module.dense_equivalent(N) and not LSHAttention(D, HEADS, options=LSHOptions(bucket_size=8)).dense_equivalent(N)
+    assert LSHAttention(D, HEADS, options=LSHOptions(bucket_size=N)).dense_equivalent(N)
+    got, _ = module(x, key_padding_mask=mask, causal=causal)
+    qk, _, v = module.project_qkv(x)
+    chunked, _ = lsh_attention(qk, v, module.options, key_padding_mask=mask, causal=causal)
+    want = module.project_out(chunked)
+    assert (got[~mask] - want[~mask]).abs().max() < 1e-6
+
+
+# --- the FlexAttention block mask (built on the CPU here; run on CUDA by the module) ----------
+
+
+def dense_pattern(pattern, window, stride, block_size, summary, causal, n):
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    if pattern == "block":
+        keep = (i // block_size == j // block_size) | (j % block_size >= block_size - summary)
+    else:
+        keep = (i - j).abs() < window
+        if pattern == "strided":
+            keep |= (i - j) % stride == 0
+    return keep & (j <= i) if causal else keep
+
+
+@pytest.mark.parametrize("pattern, window, stride, block_size, summary", [
+    ("local", 5, None, 8, 2), ("local", 16, None, 8, 2), ("strided", 4, 7, 8, 2),
+    ("block", 4, None, 12, 3), ("block", 4, None, 5, 5), ("block", 4, None, 32, 4),
+])
+@pytest.mark.parametrize("causal", [False, True])
+def test_flex_tiles_cover_the_pattern_without_an_n_by_n_mask(pattern, window, stride, block_size, summary, causal):
+    """Every tile with a visible pair is listed, and a tile called full has only visible pairs."""
+    from attnbench.plugins.attention.sparse import pattern_tiles
+
+    n, tile = 70, 8  # 9 tiles, the last one cut by n
+    any_tile, full = pattern_tiles(pattern, window, stride, block_size, summary, causal, n, tile=tile)
+    keep = F.pad(dense_pattern(pattern, window, stride, block_size, summary, causal, n), (0, 2, 0, 2)).view(9, tile, 9, tile)
+    inside = F.pad(torch.ones(n, n, dtype=torch.bool), (0, 2, 0, 2)).view(9, tile, 9, tile)
+    want_any = keep.any(3).any(1)
+    want_full = (keep | ~inside).all(3).all(1) & inside.all(3).all(1)
+    assert torch.equal(any_tile | want_any, any_tile)  # nothing visible is skipped
+    assert torch.equal(full & want_full, full)  # nothing invisible is treated as full
+    if pattern != "block":
+        assert torch.equal(any_tile, want_any) and torch.equal(full, want_full)
+    assert full.any() or pattern == "strided" or window < tile
+
+
+@pytest.mark.parametrize("options", [SparseOptions(window=50), SparseOptions(pattern="strided", window=20, stride=45),
+                                     SparseOptions(pattern="block", block_size=96, summary=8)])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_block_mask_gives_the_pattern(options, causal):
+    """FlexAttention (eager, on the CPU) with the built block mask equals the pattern's definition."""
+    flex = pytest.importorskip("torch.nn.attention.flex_attention")
+    from attnbench.plugins.attention.sparse import flex_block_mask
+
+    n = 300  # three 128-token tiles, the last one partial
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, n, 8, generator=gen) for _ in range(3))
+    block_mask = flex_block_mask(options.pattern, options.window, options.stride, options.block_size,
+                                 options.summary, causal, n, "cpu")
+    got = flex.flex_attention(q, k, v, block_mask=block_mask)  # eager: warns once that it is unfused
+    allowed = dense_pattern(options.pattern, options.window, options.stride, options.block_size, options.summary, causal, n)
+    assert (got - reference_pattern(q, k, v, allowed)).abs().max() < 1e-5
+
+
+def test_flex_tiles_at_65k_tokens_stay_small():
+    """At n = 65536 the tile map is 512 x 512 and a local window of 128 visits 3 tiles per row."""
+    from attnbench.plugins.attention.sparse import pattern_tiles
+
+    any_tile, full = pattern_tiles("local", 128, None, 64, 8, False, 2**16)
+    assert any_tile.shape == (512, 512)
+    assert any_tile.sum(-1).max() == 3 and torch.equal(full, torch.eye(512, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("cls, options", [
+    (MultiHeadAttention, None), (VanillaAttention, None), (SparseAttention, SparseOptions(window=4)),
+    (SparseAttention, SparseOptions(pattern="block", block_size=6, summary=2)),
+    (LSHAttention, LSHOptions(bucket_size=4, n_hashes=2)), (LSHAttention, LSHOptions(n_buckets=1)),
+])
+def test_bf16_autocast_training_step(cls, options, monkeypatch):
+    """Forward and backward under bf16 autocast (what train.amp does on CUDA), here on the CPU.
+
+    CUDA's autocast runs ``F.normalize`` in float32 while CPU autocast does not; we make it so
+    here, which is what broke lsh's backward on CUDA."""
+    real_normalize = F.normalize
+    monkeypatch.setattr(F, "normalize", lambda t, *a, **k: real_normalize(t.float(), *a, **k))
+    module = cls(D, HEADS, dropout=0.1, options=options).train()
+    x, mask = x_and_mask()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = module(x, key_padding_mask=mask, causal=True)
+    out.float().square().mean().backward()
+    assert torch.isfinite(out[~mask].float()).all()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in module.parameters())
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_lsh_rounds_at_once_equals_the_round_loop(causal):
+    """The batched-rounds path (CUDA's default) computes what the round loop computes, gradients too."""
+    gen = torch.Generator().manual_seed(4)
+    qk, v = (torch.randn(2, 2, 45, 8, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    mask = torch.zeros(2, 45, dtype=torch.bool)
+    mask[1, 37:] = True
+    options = LSHOptions(bucket_size=4, n_hashes=3)
+    grads = []
+    for at_once in (False, True):
+        out, _ = lsh_attention(qk, v, options, key_padding_mask=mask, causal=causal, rounds_at_once=at_once)
+        real = out.transpose(1, 2)[~mask]  # outputs at non-padded positions
+        grads.append((real.detach(), *torch.autograd.grad(real.square().sum(), (qk, v))))
+    for loop, batched in zip(*grads):
+        assert (loop - batched).abs().max() < 1e-12

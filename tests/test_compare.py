@@ -205,14 +205,15 @@ def test_command_writes_files_and_logs_the_summary_to_the_parent(grid, tmp_path)
     assert {"summary/comparison.md", "summary/comparison.csv", "summary/quality_vs_speed.png"} <= logged_files
 
 
-def test_unknown_experiment_and_missing_target_are_bad_input(grid):
+def test_unknown_experiment_and_missing_target_are_bad_input(grid, tmp_path, monkeypatch):
     client, *_ = grid
+    monkeypatch.chdir(tmp_path)  # no experiments/quick.yaml here
     with pytest.raises(BadInputError, match="no MLflow experiment named 'nope'.*quick"):
         compare.compare_experiment(client, "nope")
     with pytest.raises(BadInputError, match="--run"):
         compare.fetch_child_runs(client, "1", "not-a-run-id!")
     result = CliRunner().invoke(cli_app(), [])
-    assert result.exit_code == 2 and "exactly one of GRID_FILE or --experiment" in result.output
+    assert result.exit_code == 2 and "experiments/quick.yaml: not found" in result.output
     result = CliRunner().invoke(cli_app(), ["--experiment", "quick", "--format", "xml"])
     assert result.exit_code == 2 and "table, markdown, csv, json" in result.output
 

@@ -34,8 +34,8 @@ def test_grid_is_the_cartesian_product(tmp_path, host):
     experiment, _ = load_experiment(write_grid(tmp_path / "g.yaml", GRID))
     specs = expand_grid(experiment, host)
     assert [s.run_name for s in specs] == [
-        "toy/rnn-lstm/seed0", "toy/rnn-lstm/seed1",
-        "toy/transformer-multihead/seed0", "toy/transformer-multihead/seed1",
+        "toy/lstm/s0", "toy/lstm/s1",
+        "toy/multihead/s0", "toy/multihead/s1",
     ]
     assert len({s.run_key for s in specs}) == 4
     params = specs[2].params()
@@ -47,7 +47,7 @@ def test_set_overrides_any_field_and_changes_the_run_key(tmp_path, host):
     path = write_grid(tmp_path / "g.yaml", GRID)
     base = expand_grid(load_experiment(path)[0], host)
     over = expand_grid(load_experiment(path, ["train.max_steps=20", "grid.model.0.cell=gru", "tasks.toy.seq_len=8"])[0], host)
-    assert over[0].train.max_steps == 20 and over[0].run_name == "toy/rnn-gru/seed0"
+    assert over[0].train.max_steps == 20 and over[0].run_name == "toy/gru/s0"
     assert over[0].task_options.seq_len == 8
     assert base[2].run_key != over[2].run_key
     # cosmetic settings do not force re-runs
@@ -58,7 +58,7 @@ def test_set_overrides_any_field_and_changes_the_run_key(tmp_path, host):
 def test_per_entry_dims_and_labels(tmp_path, host):
     text = GRID.replace("{family: rnn, cell: lstm}", "{family: rnn, cell: lstm, d_model: 24, label: small-rnn}")
     specs = expand_grid(load_experiment(write_grid(tmp_path / "g.yaml", text))[0], host)
-    assert specs[0].run_name == "toy/small-rnn/seed0" and specs[0].dims.d_model == 24
+    assert specs[0].run_name == "toy/small-rnn/s0" and specs[0].dims.d_model == 24
     assert specs[2].dims.d_model == 16
 
 
@@ -113,7 +113,7 @@ def test_cli_dry_run_lists_runs_and_trains_nothing(workdir):
     write_grid(workdir / "g.yaml", GRID)
     result = CliRunner().invoke(app, ["run", "g.yaml", "--dry-run", "--plugin", "attnbench_test_plugins"])
     assert result.exit_code == 0, result.output
-    assert "4 runs" in result.output and "toy/transformer-multihead/seed1" in result.output
+    assert "4 runs" in result.output and "toy/multihead/s1" in result.output
     assert not (workdir / "mlflow.db").exists()
 
 

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from attnbench import Attention
+from attnbench.errors import BadInputError
+from attnbench.plugin_host import get_host
 from attnbench.plugins.attention.multihead import MultiHeadAttention
 from attnbench.testing import ConformanceError, check_attention, conformance_cases, run_check
 
@@ -46,9 +48,12 @@ class IgnoresCausal(MultiHeadAttention):
 
 
 class SilentlyNoCross(MultiHeadAttention):
-    """Says it cannot do cross-attention but quietly accepts a context."""
+    """Says it cannot do cross-attention but quietly accepts a context (it switches off the base check)."""
 
     supports_cross = False
+
+    def validate_call(self, *args, **kwargs):
+        pass
 
 
 class LeaksPadding(MultiHeadAttention):
@@ -119,3 +124,96 @@ def test_third_party_plugin_is_enrolled(monkeypatch, tmp_path):
     assert len(mine) == len(conformance_cases(host)) // len(host.attention)
     cls, options, check = mine[0].values
     assert issubclass(cls, Attention) and run_check(cls, check, options).status == "passed"
+
+
+# --- tasks and model families: every registered one, through the public helpers --------------
+
+from attnbench.plugin_host import get_host  # noqa: E402
+from attnbench.testing import check_model_family, check_task  # noqa: E402
+
+# Lengths chosen per family by its author: long enough to reach bucketed/chunked paths.
+FAMILY_LENGTHS = {"transformer": (5, 40), "rnn": (5, 40)}
+
+
+def _small(cls) -> dict:
+    """Small data for tasks that take a ``data`` section (sizes only; everything else default)."""
+    return {"data": {"n_train": 48, "n_validation": 8, "n_test": 8}} if "data" in cls.Options.model_fields else {}
+
+
+@pytest.mark.parametrize("name", [r.name for r in sorted(get_host().task, key=lambda r: r.name)])
+def test_registered_task_conforms(name, tmp_path):
+    cls = get_host().task.get(name).factory
+    check_task(cls, _small(cls), cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("name", [r.name for r in sorted(get_host().model, key=lambda r: r.name)])
+def test_registered_model_family_conforms(name):
+    check_model_family(get_host().model.get(name).factory, lengths=FAMILY_LENGTHS.get(name, (12,)))
+
+
+def test_task_and_family_checks_catch_broken_plugins(tmp_path):
+    reverse = get_host().task.get("reverse").factory
+
+    class LossWithoutGradient(reverse):
+        def loss(self, model, batch):
+            return torch.tensor(1.0, requires_grad=True)
+
+    with pytest.raises(ConformanceError, match=r"\[loss\] the loss does not reach any model parameter"):
+        check_task(LossWithoutGradient, _small(reverse), cache_dir=tmp_path)
+
+    family = get_host().model.get("rnn").factory
+
+    class WrongShape(family):
+        kinds = ("classification",)
+
+        def build(self, io, dims, host):
+            model = super().build(io, dims, host)
+            return lambda tokens, pad: model(tokens, pad)[:, :1]
+
+    with pytest.raises(ConformanceError, match=r"\[classification@5\] logits: expected shape \(2, 3\), got \(2, 1\)"):
+        check_model_family(WrongShape, lengths=(5,))
+
+
+# --- the call contract lives on the base class ------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [pytest.param(reg.factory, id=reg.name) for reg in get_host().attention])
+def test_base_class_checks_every_call_of_every_variant(cls):
+    """Every registered variant refuses a wrong input width and every capability its flags deny."""
+    module = cls(16, 2).eval()
+    x = torch.randn(2, 5, 16)
+    with pytest.raises(BadInputError, match=rf"{cls.__name__}\.forward: x must have shape \(batch, length, 16\)"):
+        module(torch.randn(2, 5, 8))
+    if cls.supports_padding_mask:
+        with pytest.raises(BadInputError, match="key_padding_mask must be a bool tensor of shape \\(2, 5\\)"):
+            module(x, key_padding_mask=torch.zeros(2, 5))
+    for flag, kwargs in (("supports_cross", {"context": torch.randn(2, 3, 16)}), ("supports_causal", {"causal": True}),
+                         ("supports_padding_mask", {"key_padding_mask": torch.zeros(2, 5, dtype=torch.bool)})):
+        if not getattr(cls, flag):
+            with pytest.raises(BadInputError, match=f"{flag}=False"):
+                module(x, **kwargs)
+
+
+def test_a_flag_denies_what_forward_never_sees():
+    """A subclass that only flips a flag is refused by the base before its forward runs."""
+
+    class NoCross(MultiHeadAttention):
+        supports_cross = False
+
+    with pytest.raises(BadInputError, match="NoCross.forward: context: cross-attention is not supported"):
+        NoCross(16, 2)(torch.randn(1, 4, 16), torch.randn(1, 3, 16))
+    assert run_check(NoCross, "cross").status == "skipped"
+
+
+def test_example_plugin_conforms():
+    """The example third-party plugin, written on the base-class helpers, passes the whole suite."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "attnbench-example-plugin" / "attnbench_example_plugin.py"
+    spec = importlib.util.spec_from_file_location("attnbench_example_plugin_under_test", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    results = check_attention(example.LinearAttention)
+    assert {r.check: r.status for r in results}["causal"] == "skipped"
+    assert all(r.status in ("passed", "skipped") for r in results)

@@ -136,7 +136,7 @@ def test_unknown_option_keys_are_rejected(host):
 def test_bad_attention_options_name_the_field(host):
     cls = host.model.get("transformer").factory
     family = cls(cls.parse_options({"attention_options": {"window": 3}}))
-    with pytest.raises(BadInputError, match=r"model\.attention_options\.window: unknown field"):
+    with pytest.raises(BadInputError, match=r"^attention_options\.window: unknown field; nothing is valid here"):
         family.validate(host)
 
 
@@ -186,15 +186,18 @@ def test_rnn_attention_errors_name_the_field_and_the_valid_choices(host):
         family.build(TaskIO(kind="classification", vocab_size=10, n_classes=2), DIMS, host)
 
 
-def test_grid_rejects_rnn_attention_on_a_classification_task(host, tmp_path):
-    from attnbench.config import expand_grid, load_experiment
+def test_grid_skips_rnn_attention_on_a_classification_task(host, tmp_path):
+    from attnbench.config import load_experiment, plan_grid
 
     grid = tmp_path / "grid.yaml"
     grid.write_text("name: g\ngrid:\n  task: [translation, sentiment]\n  model:\n"
                     "    - {family: rnn, cell: lstm, attention: additive}\n")
     experiment, _ = load_experiment(grid)
-    with pytest.raises(BadInputError, match=r"model family 'rnn' cannot build a 'classification' model for task 'sentiment'"):
-        expand_grid(experiment, host)
-    grid.write_text(grid.read_text().replace("translation, sentiment", "translation"))
-    experiment, _ = load_experiment(grid)
-    assert [spec.run_name for spec in expand_grid(experiment, host)] == ["translation/rnn-lstm+additive/seed0"]
+    plan = plan_grid(experiment, host)
+    assert [spec.run_name for spec in plan.specs] == ["translation/lstm+additive/s0"]
+    (skipped,) = plan.skipped
+    assert (skipped.task, skipped.model_label) == ("sentiment", "rnn-lstm+additive")
+    assert skipped.reason == "family 'rnn' builds seq2seq models, not 'classification'"
+    grid.write_text(grid.read_text().replace("translation, sentiment", "sentiment"))
+    with pytest.raises(BadInputError, match=r"nothing to run: every pairing is skipped"):
+        plan_grid(load_experiment(grid)[0], host)

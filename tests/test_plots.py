@@ -117,7 +117,25 @@ def test_quality_vs_speed_has_a_panel_per_task_and_marks_the_front(comparison):
     front_line = next(line for line in axes[0].lines if line.get_label() == "Pareto front")
     # sparse is slower and worse than multihead: dominated, so the front joins two points.
     assert len(front_line.get_xdata()) == 2
-    assert {t.get_text() for t in axes[0].texts} == {"rnn-lstm", "transformer-multihead", "transformer-sparse"}
+    # models are named once, in a figure legend, not by labels that can collide or run off the edge
+    assert not axes[0].texts
+    (legend,) = fig.legends
+    assert {t.get_text() for t in legend.get_texts()} == {
+        "rnn-lstm (baseline)", "transformer-multihead", "transformer-sparse", "Pareto front"}
+
+
+def test_quality_vs_speed_keeps_one_colour_per_model_and_an_honest_y_range(comparison):
+    from matplotlib.colors import to_hex
+
+    fig = plots.quality_vs_speed_figure(comparison)
+    colours = []
+    for ax in fig.get_axes():
+        points = [c for c in ax.containers]  # one errorbar container per model, in row order
+        colours.append({c.get_label().removesuffix(" (baseline)"): to_hex(c.lines[0].get_color()) for c in points})
+    assert colours[0] == colours[1] and len(set(colours[0].values())) == 3
+    low, high = fig.get_axes()[0].get_ylim()  # accuracies 0.6-0.81: the axis spans >= 20 % of 0.81
+    assert high - low >= plots.MIN_Y_SPAN * 0.81
+    assert plots.honest_ylim([39.25, 41.0], [0, 0])[1] - plots.honest_ylim([39.25, 41.0], [0, 0])[0] >= 8.2
 
 
 def test_bleu_by_length_draws_one_line_per_model_over_ordered_buckets(comparison):

@@ -115,7 +115,8 @@ def test_cli_plugins_lists_everything_and_failures_as_json(plugin_dist):
     data = json.loads(result.output)
     assert "multihead" in [a["name"] for a in data["attention"]]
     assert {"name": "toy", "plugin": "--plugin (attnbench_test_plugins)",
-            "factory": "attnbench_test_plugins.ToyTask"} in data["task"]
+            "factory": "attnbench_test_plugins.ToyTask",
+            "details": "classification; primary metric accuracy"} in data["task"]
     assert any("no_such_module_xyz" in f["error"] for f in data["failed"])
 
 
@@ -126,7 +127,7 @@ def test_cli_plugins_table_shows_plugin_and_failures(plugin_dist, monkeypatch):
     plugin_dist("broken-dist", {"broken_mod": "raise ImportError('missing dep')\n"}, {"broken": "broken_mod"})
     result = CliRunner().invoke(app, ["plugins"])
     assert result.exit_code == 0
-    assert "attnbench (attnbench.plugins.attention.multihead)" in result.output
+    assert "(attnbench.plugins.attention.multihead)" in result.output  # under its distribution
     assert "plugins that failed to load" in result.output and "missing dep" in result.output
 
 
@@ -201,7 +202,7 @@ def test_hook_register_models(plugin_dist, workdir, tracking_uri):
     client = MlflowClient(tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("bowgrid").experiment_id],
                               "tags.`attnbench.role` = 'child'")
-    assert [r.info.run_name for r in runs] == ["toy/bow/seed0"]
+    assert [r.info.run_name for r in runs] == ["toy/bow/s0"]
     assert runs[0].data.tags["attnbench.family"] == "bow" and "test/accuracy" in runs[0].data.metrics
     # a family that cannot build the task's kind is rejected before anything trains
     write_grid(workdir / "h.yaml", """

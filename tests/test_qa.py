@@ -328,3 +328,90 @@ def test_trains_with_the_transformer_family_when_it_supports_span(tmp_path):
     assert sum(last) < sum(first)
     model.eval()
     assert 0.0 <= task.evaluate(model, "validation", batch_size=32, device=torch.device("cpu")).metrics["f1"] <= 100.0
+
+
+# ---- span models: what they see of the question, and the end conditioned on the start --
+
+
+def test_question_match_flags_the_asked_name_where_the_answer_follows(tmp_path):
+    from attnbench.plugins.models.span_head import in_question, question_mask
+
+    task = make_task(tmp_path, story={"stale_moves": False, "n_people": 3, "min_sentences": 2, "max_sentences": 8})
+    task.prepare()
+    windows = task.windows["train"][:32]
+    batch = collate_for_models(windows)
+    tokens, mask = batch["tokens"], batch["padding_mask"]
+    question, flagged = question_mask(tokens, mask, SEP), in_question(tokens, mask, SEP)
+    for row, w in enumerate(windows):
+        assert question[row].nonzero().flatten().tolist() == list(range(1, w.context_pos - 1))
+        q_ids = set(w.ids[1: w.context_pos - 1])
+        expected = [w.context_pos <= i < len(w.ids) - 1 and t in q_ids for i, t in enumerate(w.ids)]
+        expected += [False] * (tokens.shape[1] - len(w.ids))
+        assert flagged[row].tolist() == expected
+        # The asked person occurs once in the story: the flag marks the supporting fact, whose
+        # place (the gold span) sits 4 tokens later, "<name> went to the <place>".
+        assert flagged[row].nonzero().flatten().tolist() == [w.start - 4]
+
+
+def collate_for_models(windows):
+    from attnbench.plugins.tasks.qa import collate
+
+    return collate(windows, list(range(len(windows))))
+
+
+def test_question_match_adds_its_vector_on_flagged_positions_only():
+    from attnbench.plugins.models.span_head import QuestionMatch
+
+    match = QuestionMatch(4, sep_id=SEP, init_std=1.0)
+    tokens = torch.tensor([[CLS, 7, 8, SEP, 9, 8, 7, SEP, 0]])
+    out = match(tokens, tokens == 0)
+    flagged = [i for i in range(tokens.shape[1]) if out[0, i].abs().sum() > 0]
+    assert flagged == [5, 6]  # context tokens 8 and 7 repeat question tokens; 9, [SEP], padding do not
+    torch.testing.assert_close(out[0, 5], match.vector)
+
+
+def test_end_logits_condition_on_the_start():
+    from attnbench.plugins.models.span_head import SpanHead
+
+    torch.manual_seed(0)
+    h = torch.randn(1, 8, 6) * 0.1
+    h[0, 2, 0] = h[0, 5, 1] = 5.0  # feature 0 marks position 2, feature 1 position 5
+    mask = torch.zeros(1, 8, dtype=torch.bool)
+    tokens = torch.full((1, 8), 9)
+    heads = [SpanHead(6, sep_id=None) for _ in range(2)]
+    heads[1].load_state_dict(heads[0].state_dict())
+    with torch.no_grad():
+        for head, feature in zip(heads, (0, 1)):
+            head.start_question.weight.zero_()
+            head.start_linear.weight.zero_()
+            head.start_linear.weight[0, feature] = 10.0  # start peaks at position 2, resp. 5
+    (start_a, end_a), (start_b, end_b) = (head(h, tokens, mask) for head in heads)
+    assert int(start_a.argmax()) == 2 and int(start_b.argmax()) == 5
+    assert not torch.allclose(end_a, end_b)  # only the start differs, and the end follows it
+    with torch.no_grad():
+        for head in heads:
+            head.end_question.weight[:, 6:].zero_()  # cut the start summary out of the end head
+    torch.testing.assert_close(heads[0](h, tokens, mask)[1], heads[1](h, tokens, mask)[1])
+
+
+@pytest.mark.parametrize("family,raw,has_match", [
+    ("transformer", {}, True), ("transformer", {"question_match": False}, False),
+    ("rnn", {}, True), ("rnn", {"question_match": False}, False)])
+def test_span_models_shapes_and_question_match_option(family, raw, has_match):
+    from attnbench import TaskIO
+    from attnbench.plugin_host import get_host
+
+    host = get_host()
+    cls = host.model.get(family).factory
+    fam = cls(cls.parse_options(raw))
+    if hasattr(fam, "validate"):
+        fam.validate(host)
+    io = TaskIO(kind="span", vocab_size=20, max_len=16, extra={"cls_id": CLS, "sep_id": SEP})
+    model = fam.build(io, ModelDims(d_model=16, n_layers=1, n_heads=2, dropout=0.0), host).eval()
+    assert (getattr(model, "question_match", None) is not None) == has_match
+    tokens = torch.tensor([[CLS, 7, 8, SEP, 9, 8, 7, SEP, 0, 0], [CLS, 9, SEP, 10, 11, 9, 12, 13, 14, SEP]])
+    mask = tokens == 0
+    start, end = model(tokens, mask)
+    assert start.shape == end.shape == (2, 10)
+    assert torch.all(start[mask] < -1e30) and torch.all(end[mask] < -1e30)
+    assert torch.isfinite(start[~mask]).all() and torch.isfinite(end[~mask]).all()

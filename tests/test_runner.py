@@ -47,13 +47,14 @@ def test_run_logs_parent_and_nested_children_by_the_conventions(workdir, trackin
     parent = parents[0]
     assert "grid.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
     assert "toygrid" in parent.data.tags["mlflow.note.content"]
-    assert sorted(r.info.run_name for r in children) == ["toy/rnn-gru/seed0", "toy/transformer-multihead/seed0"]
+    assert sorted(r.info.run_name for r in children) == ["toy/gru/s0", "toy/multihead/s0"]
     for child in children:
         tags, metrics, params = child.data.tags, child.data.metrics, child.data.params
         assert child.info.status == "FINISHED"
         assert tags["mlflow.parentRunId"] == parent.info.run_id
         assert tags["attnbench.task"] == "toy" and tags["attnbench.kind"] == "classification"
         assert tags["attnbench.primary_metric"] == "accuracy" and len(tags["attnbench.run_key"]) == 16
+        assert tags["attnbench.description"].startswith(f"task toy, model {tags['attnbench.model']} (family ")
         assert tags["attnbench.attention"] == ("none" if tags["attnbench.family"] == "rnn" else "multihead")
         assert params["train.lr"] == "0.003" and params["model.family"] == tags["attnbench.family"]
         for key in ("train/loss", "val/accuracy", "test/accuracy", "perf/params", "perf/train_tokens_per_s",
@@ -90,8 +91,8 @@ def test_failing_pairing_is_recorded_and_the_grid_goes_on(workdir, tracking_uri)
     assert "2 of 4 runs FAILED" in result.output and "toy task asked to fail in loss" in result.output
     client, parents, children = runs_of(tracking_uri)
     status = {r.info.run_name: r.info.status for r in children}
-    assert status == {"toy_failing/rnn-gru/seed0": "FAILED", "toy_failing/transformer-multihead/seed0": "FAILED",
-                      "toy/rnn-gru/seed0": "FINISHED", "toy/transformer-multihead/seed0": "FINISHED"}
+    assert status == {"toy_failing/gru/s0": "FAILED", "toy_failing/multihead/s0": "FAILED",
+                      "toy/gru/s0": "FINISHED", "toy/multihead/s0": "FINISHED"}
     failed = next(r for r in children if r.info.status == "FAILED")
     tb = open(client.download_artifacts(failed.info.run_id, "traceback.txt", str(workdir))).read()
     assert "ValueError: toy task asked to fail in loss" in tb
@@ -101,10 +102,12 @@ def test_failing_pairing_is_recorded_and_the_grid_goes_on(workdir, tracking_uri)
     assert again.output.count("already FINISHED") == 2 and again.exit_code == 1
 
 
-def test_failure_in_prepare_fails_that_tasks_pairings(workdir, tracking_uri):
+def test_failure_in_prepare_stops_the_grid_in_preflight(workdir, tracking_uri):
+    """Data problems show in the preflight, before any run exists (exit 2)."""
     result = invoke(workdir, tracking_uri, "--set", "tasks.toy.fail_at=prepare")
-    assert result.exit_code == 1 and "toy task asked to fail in prepare" in result.output
-    assert {r.info.status for r in runs_of(tracking_uri)[2]} == {"FAILED"}
+    assert result.exit_code == 2 and "toy task asked to fail in prepare" in result.output
+    assert "preflight (nothing was trained)" in result.output
+    assert MlflowClient(tracking_uri).get_experiment_by_name("toygrid") is None
 
 
 def test_nan_loss_fails_the_run(workdir, tracking_uri):
@@ -174,8 +177,8 @@ evaluate_with:
     result = invoke(workdir, tracking_uri, grid=grid)
     assert result.exit_code == 0, result.output
     client, _, children = runs_of(tracking_uri)
-    linear = next(r for r in children if r.info.run_name == "toy/transformer-linear/seed0")
-    rnn = next(r for r in children if r.info.run_name == "toy/rnn-gru/seed0")
+    linear = next(r for r in children if r.info.run_name == "toy/linear/s0")
+    rnn = next(r for r in children if r.info.run_name == "toy/gru/s0")
     m = linear.data.metrics
     assert m["test_big_eps/attention_modules_changed"] == 1  # one layer, one linear attention
     assert m["test_lsh8/attention_modules_changed"] == 0  # linear has no n_hashes: unchanged

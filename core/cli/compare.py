@@ -9,7 +9,7 @@ import typer
 from typing_extensions import Annotated
 
 from ..errors import BadInputError
-from .common import user_errors
+from .common import DEFAULT_GRID, user_errors
 
 
 def experiment_name_of(grid_file: Path) -> str:
@@ -30,7 +30,8 @@ def tracking_client(tracking_uri: str | None):
 
 
 def compare(
-    grid_file: Annotated[Optional[Path], typer.Argument(help="grid YAML; its `name` is the experiment")] = None,
+    grid_file: Annotated[Optional[Path], typer.Argument(
+        help="grid YAML; its `name` is the experiment (default: experiments/quick.yaml, like run)")] = None,
     experiment: Annotated[Optional[str], typer.Option("--experiment", "-e", help="MLflow experiment name")] = None,
     run: Annotated[Optional[str], typer.Option("--run", help="only the children of this parent run id")] = None,
     format: Annotated[str, typer.Option("--format", "-f", help="table | markdown | csv | json")] = "table",
@@ -56,8 +57,13 @@ def _compare(grid_file, experiment, run, format, out, significance, log, trackin
 
     if format not in compare_format.FORMATS:
         raise BadInputError(f"--format: {format!r} is not a format; valid: {', '.join(compare_format.FORMATS)}")
-    if (grid_file is None) == (experiment is None):
-        raise BadInputError("give exactly one of GRID_FILE or --experiment NAME")
+    if grid_file is not None and experiment is not None:
+        raise BadInputError("give GRID_FILE or --experiment NAME, not both")
+    if grid_file is None and experiment is None:
+        grid_file = DEFAULT_GRID  # like `attnbench run`
+        if not grid_file.exists():
+            raise BadInputError(f"{grid_file}: not found. Run from the attnbench checkout, or pass a grid file "
+                                "or --experiment NAME")
     name = experiment or experiment_name_of(grid_file)
     client = tracking_client(tracking_uri)
     comparison = compare_experiment(client, name, run, with_significance=significance)

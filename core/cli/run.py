@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from ..errors import BadInputError
-from .common import DEFAULT_GRID, PLUGIN_OPTION, TRACKING_OPTION, console, err_console, user_errors
+from .common import (DEFAULT_GRID, PLUGIN_OPTION, TRACKING_OPTION, VERBOSE_OPTION, console, err_console,
+                     report_plugin_problems, user_errors)
 
 
 def run(
@@ -19,16 +20,20 @@ def run(
     device: Optional[str] = typer.Option(None, "--device", help="Force a device: auto, cpu or cuda (overrides train.device)."),
     tracking_uri: Optional[str] = TRACKING_OPTION,
     plugin: Optional[List[str]] = PLUGIN_OPTION,
+    verbose: bool = VERBOSE_OPTION,
+    max_memory_gib: float = typer.Option(8.0, "--max-memory-gib", metavar="GIB",
+                                         help="Refuse models whose training state is estimated above this (0: no limit)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Pairings trained at once (default: execution.workers, 1)."),
     executor: Optional[str] = typer.Option(None, "--executor", help="local (worker processes) or ray (default: execution.executor, local)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="An existing Ray cluster, host:port (default: a local Ray)."),
     lease: Optional[float] = typer.Option(None, "--lease", help="Seconds without a heartbeat after which a RUNNING run counts as dead (default 300)."),
 ):
     """Train every pairing of a grid (default: experiments/quick.yaml) and log it to MLflow."""
-    from ..config import expand_grid, load_experiment
+    from ..config import load_experiment, plan_grid
     from ..plugin_host import get_host
     from ..run.provenance import attach_provenance
-    from ..run.tracking import artifact_root, load_tracking_config, resolve_tracking_uri
+    from ..run.tracking import (artifact_root, check_artifact_root_writable, check_writable, load_tracking_config,
+                                resolve_tracking_uri)
 
     with user_errors():
         if device not in (None, "auto", "cpu", "cuda"):
@@ -39,15 +44,29 @@ def run(
         overrides += _execution_overrides(workers, executor, ray_address, lease)
         experiment, raw = load_experiment(grid_file, overrides)
         host = get_host(plugin or [])
-        for failure in host.failures:
-            err_console.print(f"[yellow]warning: plugin {failure.plugin} failed ({failure.stage}): {failure.error}[/yellow]")
-        specs = expand_grid(experiment, host, source=str(grid_file))
+        report_plugin_problems(host, verbose)
+        plan = plan_grid(experiment, host, source=str(grid_file))
+        specs = plan.specs
         attach_provenance(specs, host, experiment.execution.provenance_in_run_key)
-        if dry_run:
-            _print_dry_run(experiment, specs)
-            return
         tracking = load_tracking_config()
         uri = resolve_tracking_uri(tracking_uri, tracking)
+        if not dry_run:  # a store that cannot be written is known before minutes of data loading
+            check_writable(uri)
+            check_artifact_root_writable(artifact_root(tracking, uri))
+        from ..run.preflight import preflight
+
+        try:
+            checked = preflight(specs, host, device=device, max_memory_gib=max_memory_gib, source=str(grid_file))
+        except KeyboardInterrupt:
+            err_console.print("\n[yellow]interrupted during the preflight: nothing was trained or written[/yellow]")
+            raise typer.Exit(130) from None
+        for warning in checked.warnings:
+            err_console.print(f"[yellow]warning: {warning}[/yellow]", highlight=False)
+        if dry_run:
+            _print_dry_run(experiment, plan, checked)
+            return
+        for skipped in plan.skipped:
+            err_console.print(f"[dim]skip {skipped.task}/{skipped.model_label}: {skipped.reason}[/dim]", highlight=False)
         _check_execution(experiment.execution)
         grid_text = _grid_text(grid_file, raw, overrides)
         from ..compare.report import summarize_grid_to_parent
@@ -75,15 +94,22 @@ def run(
             raise typer.Exit(exit_code_of(exc)) from None
         for table in summary_tables(outcomes, host):
             console.print(table)
-        ui_hint = "attnbench ui" + ("" if tracking_uri is None else f" --tracking-uri {tracking_uri}")
-        console.print(f"Browse the runs: [bold]{ui_hint}[/bold] (http://{tracking.ui.host}:{tracking.ui.port}), "
-                      f"compare them: [bold]attnbench compare {grid_file}[/bold]")
+        console.print(closing_hint(grid_file, tracking_uri, tracking), highlight=False)
         failed = [o for o in outcomes if o.status == "FAILED"]
         if failed:
             err_console.print(f"[red]{len(failed)} of {len(outcomes)} runs FAILED:[/red]")
             for o in failed:
                 err_console.print(f"  {o.spec.run_name} (run {o.run_id}): {o.error}", highlight=False)
             raise typer.Exit(1)
+
+
+def closing_hint(grid_file: Path, tracking_uri: str | None, tracking) -> str:
+    """What to do next, as commands that work when copied (the store flag included)."""
+    import shlex
+
+    store = "" if tracking_uri is None else f" --tracking-uri {shlex.quote(tracking_uri)}"
+    return (f"Browse the runs: [bold]attnbench ui{store}[/bold] (http://{tracking.ui.host}:{tracking.ui.port}), "
+            f"compare them: [bold]attnbench compare {shlex.quote(str(grid_file))}{store}[/bold]")
 
 
 def _execution_overrides(workers, executor, ray_address, lease) -> list[str]:
@@ -119,13 +145,22 @@ def _grid_text(grid_file: Path, raw: dict, overrides: list[str]) -> str:
     return f"# {grid_file} with --set {' --set '.join(overrides)}\n" + yaml.safe_dump(raw, sort_keys=False)
 
 
-def _print_dry_run(experiment, specs) -> None:
+def _print_dry_run(experiment, plan, checked) -> None:
+    specs = plan.specs
     train = experiment.train
     table = Table(title=f"{experiment.name}: {len(specs)} runs (dry run, nothing trained)", title_justify="left",
                   caption=f"every run: epochs={train.epochs} max_steps={train.max_steps} batch_size={train.batch_size} "
                           f"lr={train.lr}", caption_justify="left")
-    for col in ("#", "run name", "run_key"):
+    for col in ("#", "run name", "parameters", "run_key"):
         table.add_column(col, no_wrap=True)
     for i, spec in enumerate(specs, 1):
-        table.add_row(str(i), spec.run_name, spec.run_key)
+        params = checked.params_of(spec)
+        table.add_row(str(i), spec.run_name, "?" if params is None else f"{params:,}", spec.run_key)
     console.print(table)
+    if plan.skipped:
+        skipped = Table(title=f"{len(plan.skipped)} pairings skipped", title_justify="left")
+        for col in ("task", "model", "reason"):
+            skipped.add_column(col)
+        for s in plan.skipped:
+            skipped.add_row(s.task, s.model_label, s.reason)
+        console.print(skipped)

@@ -41,11 +41,37 @@ def _grid_axes(n: int, width: float = 5.0, height: float = 4.0):
     return fig, axes[:n]
 
 
+MIN_Y_SPAN = 0.2  # the y axis spans at least this fraction of the largest value shown
+
+
+def model_colours(comparison: Comparison) -> dict[str, tuple]:
+    """One colour per model label, the same in every panel and every figure of a comparison."""
+    from matplotlib import colormaps
+
+    models = sorted({row.model for task in comparison.tasks for row in task.rows})
+    palette = colormaps["tab10" if len(models) <= 10 else "tab20"]
+    return {model: palette(i % palette.N) for i, model in enumerate(models)}
+
+
+def honest_ylim(values: Sequence[float], errors: Sequence[float]) -> tuple[float, float]:
+    """Limits covering the points and their error bars, widened to at least
+    :data:`MIN_Y_SPAN` of the largest value, so a difference of noise size never fills the axis."""
+    lo = min(v - e for v, e in zip(values, errors))
+    hi = max(v + e for v, e in zip(values, errors))
+    span = max(hi - lo, MIN_Y_SPAN * max(abs(v) for v in values), 1e-9)
+    mid = (lo + hi) / 2
+    pad = 0.08 * span
+    return mid - span / 2 - pad, mid + span / 2 + pad
+
+
 def quality_vs_speed_figure(comparison: Comparison) -> Figure | None:
     """Per task: primary test metric against training tokens/s, one point per model.
 
-    Error bars are the std over seeds; the Pareto front (faster and better than every
-    point it hides) is joined and ringed, as in the Long Range Arena efficiency figure.
+    Each model keeps one colour across panels, named in one legend under the panels (no
+    labels on the points: they collide and run off the edge). Error bars are the std over
+    seeds; the y range is never narrower than :data:`MIN_Y_SPAN` of the values, so
+    differences within noise do not look large. The Pareto front (faster and better than
+    every point it hides) is joined and ringed, as in the Long Range Arena efficiency figure.
     None when no task has both numbers.
     """
     panels = []
@@ -57,19 +83,23 @@ def quality_vs_speed_figure(comparison: Comparison) -> Figure | None:
             panels.append((task, pts))
     if not panels:
         return None
+    colours = model_colours(comparison)
     fig, axes = _grid_axes(len(panels))
+    handles: dict[str, object] = {}
     for ax, (task, pts) in zip(axes, panels):
         speed = [p[1].mean for p in pts]
         quality = [p[2].mean for p in pts]
         for (row, sp, q) in pts:
-            marker = "s" if row.family == "rnn" else "o"
-            ax.errorbar(sp.mean, q.mean, yerr=q.std or 0.0, xerr=sp.std or 0.0, fmt=marker, capsize=3)
-            ax.annotate(row.model, (sp.mean, q.mean), textcoords="offset points", xytext=(5, 4), fontsize=7)
+            marker = "s" if row.is_baseline else "o"
+            handles[row.model] = ax.errorbar(sp.mean, q.mean, yerr=q.std or 0.0, xerr=sp.std or 0.0, fmt=marker,
+                                             capsize=3, color=colours[row.model],
+                                             label=row.model + (" (baseline)" if row.is_baseline else ""))
         front = pareto_front(speed, quality, task.greater_is_better)
-        ax.plot([speed[i] for i in front], [quality[i] for i in front], "--", color="grey", linewidth=1,
-                label="Pareto front")
+        handles["Pareto front"] = ax.plot([speed[i] for i in front], [quality[i] for i in front], "--", color="grey",
+                                          linewidth=1, label="Pareto front")[0]
         ax.scatter([speed[i] for i in front], [quality[i] for i in front], s=160, facecolors="none",
                    edgecolors="red", linewidths=1.2)
+        ax.set_ylim(*honest_ylim(quality, [p[2].std or 0.0 for p in pts]))
         # a log axis only pays off across a decade or more; within one it shows almost no
         # labelled ticks (and its minor labels overlap)
         if min(speed) > 0 and max(speed) / min(speed) >= 10:
@@ -80,7 +110,8 @@ def quality_vs_speed_figure(comparison: Comparison) -> Figure | None:
         ax.set_ylabel(f"test {task.primary_metric}" + ("" if task.greater_is_better else " (lower is better)"))
         ax.set_title(task.task)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    fig.legend([handles[k] for k in handles], [h.get_label() for h in handles.values()], loc="outside lower center",
+               ncols=min(len(handles), 4), fontsize=8)
     return fig
 
 
@@ -108,6 +139,7 @@ def bleu_by_length_figure(comparison: Comparison, metric: str = "bleu") -> Figur
             panels.append((task, names))
     if not panels:
         return None
+    colours = model_colours(comparison)
     fig, axes = _grid_axes(len(panels), width=6.0)
     for ax, (task, names) in zip(axes, panels):
         x = np.arange(len(names))
@@ -115,8 +147,8 @@ def bleu_by_length_figure(comparison: Comparison, metric: str = "bleu") -> Figur
             stats = [row.buckets.get(n) for n in names]
             y = [s.mean if s else np.nan for s in stats]
             err = [(s.std or 0.0) if s else 0.0 for s in stats]
-            style = "--" if row.family == "rnn" else "-"
-            ax.errorbar(x, y, yerr=err, fmt=style, marker="o", capsize=3, label=row.model)
+            style = "--" if row.is_baseline else "-"
+            ax.errorbar(x, y, yerr=err, fmt=style, marker="o", capsize=3, label=row.model, color=colours[row.model])
         ax.set_xticks(x, [_bucket_label(n) for n in names])
         ax.set_xlabel("source sentence length (tokens)")
         ax.set_ylabel(f"test {metric.upper()}")

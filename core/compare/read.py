@@ -22,7 +22,8 @@ def find_experiment(client, name: str):
     exp = client.get_experiment_by_name(name)
     if exp is None:
         have = sorted(e.name for e in client.search_experiments())
-        raise BadInputError(f"--experiment: no MLflow experiment named {name!r}; existing: {have}")
+        raise BadInputError(f"no MLflow experiment named {name!r} in the store {client.tracking_uri}; existing: "
+                            f"{have}. If the runs went to another store, pass the same --tracking-uri.")
     return exp
 
 

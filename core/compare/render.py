@@ -20,11 +20,17 @@ def decimals(x: float) -> int:
     return 2 if abs(x) >= 1 else 4
 
 
-def stat_cell(stat: Stat | None, row_n: int | None = None) -> str:
+def column_decimals(task: TaskSummary, metric: str) -> int:
+    """One precision per column, from its largest value, so a column never mixes 1.00 and 0.9700."""
+    means = [abs(r.metrics[metric].mean) for r in task.rows if metric in r.metrics]
+    return decimals(max(means, default=0.0))
+
+
+def stat_cell(stat: Stat | None, row_n: int | None = None, digits: int | None = None) -> str:
     """``mean ± std``, std in the mean's precision; ``(n=k)`` only when k differs from the row's n."""
     if stat is None:
         return "—"
-    d = decimals(stat.mean)
+    d = decimals(stat.mean) if digits is None else digits
     spread = f" ± {stat.std:.{d}f}" if stat.std is not None else ""
     count = "" if stat.n == row_n else f" (n={stat.n})"
     return f"{stat.mean:.{d}f}{spread}{count}"
@@ -36,13 +42,14 @@ def perf_cell(name: str, stat: Stat | None) -> str:
     return f"{stat.mean:.1f}" if name == "wall_s" else f"{stat.mean:,.0f}"
 
 
-def delta_cell(row: ModelRow, primary: str) -> str:
+def delta_cell(row: ModelRow, primary: str, digits: int | None = None) -> str:
     if row.is_baseline:
         return "baseline"
     if row.delta is None:
         return "—"
     stat = row.metrics.get(primary)
-    return f"{row.delta:+.{decimals(stat.mean) if stat else 4}f}"
+    d = digits if digits is not None else decimals(stat.mean) if stat else 4
+    return f"{row.delta:+.{d}f}"
 
 
 def p_cell(row: ModelRow) -> str:
@@ -70,11 +77,12 @@ def task_header(task: TaskSummary, compact: bool = False) -> list[str]:
 
 
 def task_cells(task: TaskSummary, row: ModelRow, compact: bool = False) -> list[str]:
+    primary = f"test/{task.primary_metric}"
     ids = [row.model, str(row.n)] if compact else [row.model, row.family, row.attention, str(row.n)]
     return (ids
-            + [stat_cell(row.metrics.get(m), row.n) for m in task.metric_names(headline=compact)]
+            + [stat_cell(row.metrics.get(m), row.n, column_decimals(task, m)) for m in task.metric_names(headline=compact)]
             + [params_cell(task, row) if k == "params" else perf_cell(k, row.perf.get(k)) for k in PERF_HEADERS]
-            + [delta_cell(row, f"test/{task.primary_metric}"), p_cell(row)])
+            + [delta_cell(row, primary, column_decimals(task, primary)), p_cell(row)])
 
 
 def params_cell(task: TaskSummary, row: ModelRow) -> str:

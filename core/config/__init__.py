@@ -1,5 +1,7 @@
 """The experiment grid: YAML -> validated :class:`ExperimentFile` -> expanded :class:`RunSpec` list."""
 
-from .experiment import ExperimentFile, RunSpec, TrainConfig, apply_override, expand_grid, load_experiment
+from .experiment import (ExperimentFile, GridPlan, RunSpec, SkippedPairing, TrainConfig, apply_override, expand_grid,
+                         load_experiment, plan_grid)
 
-__all__ = ["ExperimentFile", "RunSpec", "TrainConfig", "apply_override", "expand_grid", "load_experiment"]
+__all__ = ["ExperimentFile", "GridPlan", "RunSpec", "SkippedPairing", "TrainConfig", "apply_override", "expand_grid",
+           "load_experiment", "plan_grid"]

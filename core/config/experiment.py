@@ -1,6 +1,6 @@
 """Experiment files: validate the YAML with pydantic, apply ``--set`` overrides, expand the grid.
 
-Shape (see docs/experiments.md)::
+Shape (README "Grid files")::
 
     name: quick
     grid:
@@ -9,6 +9,7 @@ Shape (see docs/experiments.md)::
         - {family: rnn, cell: lstm}
         - {family: transformer, attention: multihead}
       seed: [0]
+      exclude: [{task: qa, model: rnn-lstm}]   # pairings to skip
     model: {d_model: 64, n_layers: 2, n_heads: 4, dropout: 0.1}
     train: {epochs: 3, batch_size: 32, lr: 1.0e-3, max_steps: null}
     tasks:
@@ -23,16 +24,47 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import BadInputError
 from ..models import ModelDims
-from .eval_override import EvalOverride
+from ..options import OptionsError, Problem, join_path, parse_options, short_repr
 from .execution import ExecutionConfig
 from ..plugin_host import PluginHost
+from .eval_override import EvalOverride
+from .yaml_loader import load_yaml_text
+
+# Names become MLflow experiment names and folders under the artifact root: no '/', no '..'.
+# Model labels may also hold '+' (rnn-lstm+additive).
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
+SAFE_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]{0,99}$")
+SAFE_NAME_RULE = "1-100 letters, digits, '_', '.', '-', starting with a letter or digit"
+SAFE_LABEL_RULE = "1-100 letters, digits, '_', '.', '+', '-', starting with a letter or digit"
+
+
+def check_name(value: str, label: bool = False) -> str:
+    if not (SAFE_LABEL if label else SAFE_NAME).match(value) or ".." in value:
+        raise ValueError(f"not a valid name; use {SAFE_LABEL_RULE if label else SAFE_NAME_RULE}")
+    return value
+
+
+SafeName = Annotated[str, AfterValidator(check_name)]
+
+
+class Exclusion(BaseModel):
+    """One ``grid.exclude`` entry: pairings matching every given field are skipped."""
+
+    model_config = ConfigDict(extra="forbid")
+    task: str | None = None
+    model: str | None = Field(None, description="a model label (as --dry-run shows it) or a family name")
+    seed: int | None = None
+
+    def matches(self, task: str, label: str, family: str, seed: int) -> bool:
+        return ((self.task is None or self.task == task) and (self.model is None or self.model in (label, family))
+                and (self.seed is None or self.seed == seed))
 
 
 class GridAxes(BaseModel):
@@ -42,12 +74,21 @@ class GridAxes(BaseModel):
     task: list[str] = Field(min_length=1)
     model: list[dict[str, Any]] = Field(min_length=1)
     seed: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    exclude: list[Exclusion] = Field(default_factory=list, description="pairings to skip")
+
+    @field_validator("task", "seed")
+    @classmethod
+    def _no_repeats(cls, values: list) -> list:
+        repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+        if repeated:
+            raise ValueError(f"{short_repr(repeated)} listed more than once; each pairing would train twice")
+        return values
 
 
 class TrainConfig(BaseModel):
     """Training budget and optimiser settings, shared by every run of the grid."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int | None = Field(None, ge=1, description="default: 2 * batch_size")
@@ -68,7 +109,7 @@ class ExperimentFile(BaseModel):
     """A whole grid file."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: SafeName
     description: str = ""
     grid: GridAxes
     model: ModelDims = Field(default_factory=ModelDims)
@@ -93,12 +134,19 @@ class RunSpec:
     train: TrainConfig
     seed: int
     evaluate_with: list[EvalOverride] = field(default_factory=list)
+    short_label: str = ""  # the model label without its family prefix, when that stays unique
     # part -> "<distribution> <version>[ source <hash>]" of the plugin providing it (run/provenance.py)
     provenance: dict[str, str] = field(default_factory=dict)
 
     @property
     def run_name(self) -> str:
-        return f"{self.task}/{self.model_label}/seed{self.seed}"
+        """The MLflow run name: short, because the UI cuts names at about 16 characters."""
+        return f"{self.task}/{self.short_label or self.model_label}/s{self.seed}"
+
+    @property
+    def description(self) -> str:
+        """The full description (logged as the ``attnbench.description`` tag)."""
+        return f"task {self.task}, model {self.model_label} (family {self.family}), seed {self.seed}"
 
     def resolved(self) -> dict:
         """The full resolved config: what determines the result of this run."""
@@ -142,21 +190,14 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
 
 
 def read_yaml(path: Path) -> dict:
+    """Read a grid file: UTF-8, no duplicate keys, aliases bounded (see :mod:`.yaml_loader`)."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise BadInputError(f"{path}: no such experiment file") from None
     except OSError as exc:
-        raise BadInputError(f"{path}: cannot read: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise BadInputError(f"{path}: malformed YAML{where}: {problem}") from None
+        raise BadInputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    data = load_yaml_text(raw, str(path))
     if not isinstance(data, dict):
         raise BadInputError(f"{path}: an experiment file must be a mapping (name:, grid:, ...), got {type(data).__name__}")
     return data
@@ -204,32 +245,6 @@ def apply_override(data: dict, assignment: str) -> None:
         node[last] = value
 
 
-def _valid_fields(model_cls: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names valid at ``loc`` inside ``model_cls`` (to suggest after an unknown key)."""
-    cls = model_cls
-    for part in loc[:-1]:
-        info = cls.model_fields.get(str(part)) if isinstance(cls, type) and issubclass(cls, BaseModel) else None
-        if info is None or not (isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)):
-            return []
-        cls = info.annotation
-    return list(cls.model_fields) if isinstance(cls, type) and issubclass(cls, BaseModel) else []
-
-
-def validation_message(exc: ValidationError, model_cls: type[BaseModel], prefix: str = "") -> str:
-    lines = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        path = ".".join(str(p) for p in ((prefix,) if prefix else ()) + loc)
-        if err["type"] == "extra_forbidden":
-            valid = _valid_fields(model_cls, loc)
-            lines.append(f"{path}: unknown field" + (f"; valid: {', '.join(valid)}" if valid else ""))
-        elif err["type"] == "missing":
-            lines.append(f"{path}: required field missing")
-        else:
-            lines.append(f"{path}: {err['msg']} (got {err.get('input')!r})")
-    return "\n".join(lines)
-
-
 def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[ExperimentFile, dict]:
     """Read, override and validate a grid file. Returns the model and the raw (overridden) dict."""
     path = Path(path)
@@ -237,88 +252,160 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     for assignment in overrides:
         apply_override(data, assignment)
     try:
-        experiment = ExperimentFile.model_validate(data)
-    except ValidationError as exc:
+        experiment = parse_options(ExperimentFile, data)
+    except OptionsError as exc:
         hint = f" (after --set {', '.join(overrides)})" if overrides else ""
-        raise BadInputError(f"{path}{hint}:\n" + validation_message(exc, ExperimentFile)) from None
+        raise OptionsError(exc.problems, source=f"{path}{hint}") from None
     return experiment, data
 
 
 # ---------------------------------------------------------------- grid expansion
 
 
+@dataclass
+class SkippedPairing:
+    """A (task, model) pairing the grid names but that will not run, and why."""
+
+    task: str
+    model_label: str
+    reason: str
+
+
+@dataclass
+class GridPlan:
+    """What a grid will run (``specs``) and the pairings it leaves out (``skipped``)."""
+
+    specs: list[RunSpec]
+    skipped: list[SkippedPairing] = field(default_factory=list)
+
+
 def expand_grid(experiment: ExperimentFile, host: PluginHost, source: str = "experiment") -> list[RunSpec]:
+    """The runs of a grid (see :func:`plan_grid`, which also says what it skips)."""
+    return plan_grid(experiment, host, source).specs
+
+
+def plan_grid(experiment: ExperimentFile, host: PluginHost, source: str = "experiment") -> GridPlan:
     """Cartesian product task x model x seed, with every name checked against the plugins.
 
-    All problems are collected and reported together, each with its field path."""
-    problems: list[str] = []
-    dims_keys = set(ModelDims.model_fields)
+    Pairings listed under ``grid.exclude``, and those whose family cannot build a model for
+    the task's kind, are skipped with a reason. All problems are collected and reported
+    together, each with its field path."""
+    problems: list[Problem] = []
+    dims_keys = list(ModelDims.model_fields)
 
     tasks: dict[str, tuple[type, BaseModel]] = {}
     for i, task_name in enumerate(experiment.grid.task):
+        where = join_path("grid.task", i)
+        if task_name not in host.task:
+            problems.append(Problem(where, _unknown(host, "task", task_name)))
+            continue
+        task_cls = host.task.get(task_name).factory
         try:
-            task_cls = host.task.get(task_name).factory
-            options = task_cls.parse_options(experiment.tasks.get(task_name), where=f"tasks.{task_name}")
-            tasks[task_name] = (task_cls, options)
+            tasks[task_name] = (task_cls, task_cls.parse_options(experiment.tasks.get(task_name), f"tasks.{task_name}"))
+        except OptionsError as exc:
+            problems.extend(exc.problems)
         except BadInputError as exc:
-            problems.append(f"grid.task[{i}]: {exc}" if task_name not in host.task else str(exc))
+            problems.append(Problem(f"tasks.{task_name}", str(exc)))
     for name in experiment.tasks:
         if name not in experiment.grid.task:
-            problems.append(f"tasks.{name}: task is not in grid.task {experiment.grid.task}")
+            problems.append(Problem(f"tasks.{name}", f"task is not in grid.task {experiment.grid.task}"))
 
-    models: list[tuple[str, BaseModel, ModelDims, str, dict, object]] = []
+    models: list[tuple[str, BaseModel, ModelDims, str, object]] = []
     for i, entry in enumerate(experiment.grid.model):
-        where = f"grid.model[{i}]"
+        where = join_path("grid.model", i)
         if "family" not in entry:
-            problems.append(f"{where}.family: required (valid: {', '.join(host.model.names())})")
+            problems.append(Problem(f"{where}.family", f"required (valid: {', '.join(host.model.names())})"))
             continue
         family_name = entry["family"]
-        try:
-            family_cls = host.model.get(family_name).factory
-        except BadInputError as exc:
-            problems.append(f"{where}.family: {exc}")
+        if family_name not in host.model:
+            problems.append(Problem(f"{where}.family", _unknown(host, "model", family_name)))
             continue
+        family_cls = host.model.get(family_name).factory
         dims_raw = experiment.model.model_dump() | {k: v for k, v in entry.items() if k in dims_keys}
         family_raw = {k: v for k, v in entry.items() if k not in dims_keys and k not in ("family", "label")}
         try:
-            dims = ModelDims.model_validate(dims_raw)
-            family = family_cls(family_cls.parse_options(family_raw, where=where))
+            dims = parse_options(ModelDims, dims_raw, where)
+            family = family_cls(parse_options(family_cls.Options, family_raw, where,
+                                              also_valid=["family", "label", *dims_keys]))
             family.validate(host)
-        except ValidationError as exc:
-            problems.append(validation_message(exc, ModelDims, prefix=where))
+        except OptionsError as exc:
+            # a family validating nested options (attention_options) names paths inside its entry
+            problems.extend(p if p.path.startswith(where) else Problem(join_path(where, p.path), p.message)
+                            for p in exc.problems)
             continue
         except BadInputError as exc:
-            problems.append(f"{where}: {exc}" if not str(exc).startswith(where) else str(exc))
+            problems.append(Problem(where, str(exc)))
             continue
-        label = entry.get("label") or family.label()
-        if not re.fullmatch(r"[A-Za-z0-9_.+\-]+", str(label)):  # '+': rnn-lstm+additive
-            problems.append(f"{where}.label: {label!r} may hold only letters, digits, '_', '.', '+', '-'")
+        label = str(entry.get("label") or family.label())
+        try:
+            check_name(label, label=True)
+        except ValueError as exc:
+            problems.append(Problem(f"{where}.label", f"{short_repr(label)} is {exc}"))
             continue
-        models.append((family_name, family.options, dims, label, entry, family))
+        models.append((family_name, family.options, dims, label, family))
 
-    for task_name, (task_cls, _) in tasks.items():
-        for family_name, _, _, label, _, family in models:
-            if family.kinds and task_cls.kind not in family.kinds:
-                problems.append(
-                    f"grid: model family {family_name!r} cannot build a {task_cls.kind!r} model for task "
-                    f"{task_name!r}; it builds {', '.join(family.kinds)}"
-                )
     labels = [m[3] for m in models]
     for label in sorted({l for l in labels if labels.count(l) > 1}):
-        problems.append(
-            f"grid.model: two entries share the label {label!r}; give one a distinct `label:` "
-            "(e.g. label: transformer-lsh-4h)"
-        )
+        problems.append(Problem("grid.model", f"two entries share the label {label!r}; give one a distinct "
+                                              "`label:` (e.g. label: transformer-lsh-4h)"))
+    for i, rule in enumerate(experiment.grid.exclude):
+        if not any(rule.matches(t, m[3], m[0], seed) for t in tasks for m in models for seed in experiment.grid.seed):
+            problems.append(Problem(join_path("grid.exclude", i),
+                                    f"matches no pairing of the grid (tasks: {', '.join(tasks)}; models: "
+                                    f"{', '.join(labels)}; seeds: {experiment.grid.seed})"))
     if problems:
-        raise BadInputError(f"{source}:\n" + "\n".join(f"  {p}" for p in problems))
+        raise OptionsError(problems, source=source)
 
-    specs = []
-    for task_name, (family_name, options, dims, label, entry, _), seed in itertools.product(
-        experiment.grid.task, models, experiment.grid.seed
-    ):
-        specs.append(RunSpec(
-            grid_name=experiment.name, task=task_name, task_options=tasks[task_name][1],
-            family=family_name, family_options=options, model_label=label, dims=dims,
-            train=experiment.train, seed=seed, evaluate_with=experiment.evaluate_with,
-        ))
-    return specs
+    shorts = _short_labels([(m[0], m[3]) for m in models])
+    plan = GridPlan([])
+    for task_name, (family_name, options, dims, label, family) in itertools.product(experiment.grid.task, models):
+        task_cls = tasks[task_name][0]
+        if family.kinds and task_cls.kind not in family.kinds:
+            plan.skipped.append(SkippedPairing(task_name, label, f"family {family_name!r} builds "
+                                               f"{', '.join(family.kinds)} models, not {task_cls.kind!r}"))
+            continue
+        for seed in experiment.grid.seed:
+            rule = next((r for r in experiment.grid.exclude if r.matches(task_name, label, family_name, seed)), None)
+            if rule is not None:
+                plan.skipped.append(SkippedPairing(task_name, f"{label} seed {seed}", "grid.exclude"))
+                continue
+            plan.specs.append(RunSpec(
+                grid_name=experiment.name, task=task_name, task_options=tasks[task_name][1],
+                family=family_name, family_options=options, model_label=label, dims=dims,
+                train=experiment.train, seed=seed, evaluate_with=experiment.evaluate_with,
+                short_label=shorts[label],
+            ))
+    _refuse_duplicate_runs(plan.specs, source)
+    if not plan.specs:
+        raise BadInputError(f"{source}: nothing to run: every pairing is skipped ("
+                            + "; ".join(f"{s.task}/{s.model_label}: {s.reason}" for s in plan.skipped[:3]) + ")")
+    return plan
+
+
+def _unknown(host: PluginHost, kind: str, name) -> str:
+    """The registry's message for an unknown name (valid names, allow-list hint)."""
+    try:
+        host.registry(kind).get(name)
+        return ""
+    except BadInputError as exc:
+        return str(exc)
+
+
+def _short_labels(models: list[tuple[str, str]]) -> dict[str, str]:
+    """Label -> label without its ``<family>-`` prefix (``transformer-lsh`` -> ``lsh``), unless
+    that would make two models look the same."""
+    short = {label: label[len(family) + 1:] if label.startswith(family + "-") else label for family, label in models}
+    counts = list(short.values())
+    return {label: s if counts.count(s) == 1 else label for label, s in short.items()}
+
+
+def _refuse_duplicate_runs(specs: list[RunSpec], source: str) -> None:
+    """Two entries that resolve to the same config would train the same pairing twice."""
+    seen: dict[str, RunSpec] = {}
+    for spec in specs:
+        first = seen.setdefault(spec.run_key, spec)
+        if first is not spec:
+            raise BadInputError(
+                f"{source}: grid.model: {first.model_label!r} and {spec.model_label!r} are the same model "
+                f"(identical resolved config), so {spec.task} seed {spec.seed} would train twice; remove one entry"
+            )

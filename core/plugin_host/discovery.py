@@ -1,18 +1,26 @@
 """Plugin discovery: entry points of group ``attnbench`` (built-ins included), ``--plugin``
-modules, and the ``ATTNBENCH_PLUGINS`` allow-list. Broken plugins are recorded, not fatal."""
+modules, and the ``ATTNBENCH_PLUGINS`` allow-list.
+
+A broken installed plugin is recorded, not fatal; a ``--plugin`` module that fails to import
+is a user error (exit 2): a plugin you asked for by name is not optional. One plugin
+registers all of its names or none of them, so a clash never leaves half a plugin behind;
+on a clash the plugin loaded first keeps the name (built-ins load first).
+"""
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
 import os
+import re
+import sys
 import traceback
 from dataclasses import dataclass, field
 
 import pluggy
 
 from . import hookspecs
-from ..errors import PluginError
+from ..errors import BadInputError, PluginError
 from .provenance import provenance_of
 from .registry import Registry
 
@@ -45,6 +53,7 @@ class PluginHost:
     task: Registry
     failures: list[PluginFailure] = field(default_factory=list)
     loaded: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. allow-list entries that match nothing
 
     def registry(self, kind: str) -> Registry:
         return {"attention": self.attention, "model": self.model, "task": self.task}[kind]
@@ -60,7 +69,8 @@ class PluginHost:
         } | {
             "failed": [
                 {"plugin": f.plugin, "stage": f.stage, "error": f.error} for f in self.failures
-            ]
+            ],
+            "warnings": list(self.warnings),
         }
 
 
@@ -68,14 +78,20 @@ def _qualname(obj) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
+def normalize(name: str) -> str:
+    """PEP 503 normalisation: ``My_Plugin.x`` and ``my-plugin-x`` name the same distribution."""
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
+
+
 def allow_list() -> set[str] | None:
-    """Third-party plugins named in ATTNBENCH_PLUGINS (comma separated), or None when unset.
+    """Third-party plugins named in ATTNBENCH_PLUGINS (comma separated, distribution or
+    entry-point names, PEP 503-normalised), or None when unset.
 
     Built-in plugins always load; an empty value loads only the built-ins."""
     raw = os.environ.get(ALLOW_LIST_ENV)
     if raw is None:
         return None
-    return {part.strip() for part in raw.split(",") if part.strip()}
+    return {normalize(part) for part in raw.split(",") if part.strip()}
 
 
 def discover(extra_modules: list[str] | tuple[str, ...] = ()) -> PluginHost:
@@ -92,12 +108,15 @@ def discover(extra_modules: list[str] | tuple[str, ...] = ()) -> PluginHost:
         task=Registry("task", Task),
     )
     labels: dict[int, str] = {}
+    in_order: list = []  # modules in load order: on a clash the earlier one keeps the name
     distributions: dict[int, str | None] = {}  # id(module) -> distribution (None for --plugin)
 
-    def add(module_name: str, label: str, loader, distribution: str | None = None) -> None:
+    def add(label: str, loader, *, required: bool = False, distribution: str | None = None) -> None:
         try:
             module = loader()
         except Exception as exc:  # a broken plugin must not take the others down
+            if required:
+                raise BadInputError(f"{label}: cannot import: {type(exc).__name__}: {exc}") from None
             host.failures.append(
                 PluginFailure(label, "import", f"{type(exc).__name__}: {exc}", traceback.format_exc())
             )
@@ -110,35 +129,79 @@ def discover(extra_modules: list[str] | tuple[str, ...] = ()) -> PluginHost:
             host.failures.append(PluginFailure(label, "register", f"{type(exc).__name__}: {exc}"))
             return
         labels[id(module)] = label
+        in_order.append(module)
         distributions[id(module)] = distribution
         host.loaded.append(label)
 
     allowed = allow_list()
+    matched: set[str] = set()
     for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=_entry_point_order):
         dist = ep.dist.name if ep.dist is not None else "?"
-        builtin = dist == BUILTIN_DISTRIBUTION
-        if not builtin and allowed is not None and dist not in allowed and ep.name not in allowed:
-            continue
-        add(ep.value, f"{dist} ({ep.value})", ep.load, None if dist == "?" else dist)
+        if dist != BUILTIN_DISTRIBUTION and allowed is not None:
+            names = {normalize(dist), normalize(ep.name)} & allowed
+            if not names:
+                continue
+            matched |= names
+        add(f"{dist} ({ep.value})", ep.load, distribution=None if dist == "?" else dist)
+    if allowed:
+        for name in sorted(allowed - matched):
+            host.warnings.append(f"{ALLOW_LIST_ENV}: {name!r} matches no installed plugin distribution or "
+                                 f"entry point of group {ENTRY_POINT_GROUP!r}")
+        for registry in (host.attention, host.model, host.task):
+            registry.unknown_hint = (f"{ALLOW_LIST_ENV} is set, so only the built-ins and "
+                                     f"{', '.join(sorted(allowed))} are loaded")
+    elif allowed is not None:
+        for registry in (host.attention, host.model, host.task):
+            registry.unknown_hint = f"{ALLOW_LIST_ENV} is set but empty, so only the built-ins are loaded"
     for module_name in extra_modules:
-        add(module_name, f"--plugin ({module_name})", lambda m=module_name: importlib.import_module(m))
+        add(f"--plugin ({module_name})", lambda m=module_name: _import_from_cwd(m), required=True)
 
-    for hook_name, kind in HOOK_KINDS.items():
-        registry = host.registry(kind)
-        for impl in getattr(pm.hook, hook_name).get_hookimpls():
-            label = labels.get(id(impl.plugin), impl.plugin_name)
-
-            def register(name, factory, _label=label, _module=impl.plugin, **meta):
-                origin = provenance_of(_module, factory, distributions.get(id(_module)))
-                registry.register(name, factory, plugin=_label, provenance=origin.describe(), **meta)
-
-            try:
-                impl.function(register=register)
-            except Exception as exc:
+    # One plugin at a time, all hooks together: its names go in only if every one of them fits.
+    for plugin in in_order:
+        label = labels[id(plugin)]
+        staged: list[tuple[Registry, str, object, dict]] = []
+        try:
+            for hook_name, kind in HOOK_KINDS.items():
                 stage = hook_name
-                msg = str(exc) if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}"
-                host.failures.append(PluginFailure(label, stage, msg, traceback.format_exc()))
+                for impl in getattr(pm.hook, hook_name).get_hookimpls():
+                    if impl.plugin is not plugin:
+                        continue
+
+                    def register(name, factory, _registry=host.registry(kind), **meta):
+                        staged.append((_registry, name, factory, meta))
+
+                    impl.function(register=register)
+            stage = "register"
+            _check_staged(staged, label)
+        except Exception as exc:
+            msg = str(exc) if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}"
+            if staged:
+                msg += f"; nothing from {label} was registered"
+            host.failures.append(PluginFailure(label, stage, msg, traceback.format_exc()))
+            continue
+        for registry, name, factory, meta in staged:
+            origin = provenance_of(plugin, factory, distributions.get(id(plugin)))
+            registry.register(name, factory, plugin=label, provenance=origin.describe(), **meta)
     return host
+
+
+def _check_staged(staged: list, label: str) -> None:
+    """Raise the PluginError the first of these registrations would raise (duplicates included)."""
+    trial = {id(r): Registry(r.kind, r.base_class) for r, *_ in staged}
+    for registry, name, factory, meta in staged:
+        if name in registry:
+            other = registry.get(name).plugin
+            raise PluginError(f"duplicate {registry.kind} name {name!r}: registered by {other} and again by "
+                              f"{label}; the first one loaded keeps it (built-ins load first)")
+        trial[id(registry)].register(name, factory, plugin=label, **meta)
+
+
+def _import_from_cwd(module_name: str):
+    """Import a ``--plugin`` module; like ``python -m``, the current directory comes first."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    return importlib.import_module(module_name)
 
 
 def _entry_point_order(ep):

@@ -28,6 +28,7 @@ class Registry:
         self.kind = kind
         self.base_class = base_class
         self._items: dict[str, Registration] = {}
+        self.unknown_hint = ""  # said after an unknown name (e.g. that an allow-list is set)
 
     def register(self, name: str, factory: Any, *, plugin: str, provenance: str = "", **meta) -> None:
         if not isinstance(name, str) or not name.isidentifier():
@@ -63,7 +64,8 @@ class Registry:
         try:
             return self._items[name]
         except KeyError:
-            raise BadInputError(unknown_name_message(self.kind, name, self.names())) from None
+            message = unknown_name_message(self.kind, name, self.names())
+            raise BadInputError(message + (f" ({self.unknown_hint})" if self.unknown_hint else "")) from None
 
 
 def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:

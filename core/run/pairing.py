@@ -75,7 +75,7 @@ class PairingTrainer:
             parent_run_id=parent_id, grid=spec.grid_name, task=spec.task, kind=task_cls.kind,
             family=spec.family, model=spec.model_label, seed=spec.seed, run_key=spec.run_key,
             primary_metric=task_cls.primary_metric, greater_is_better=task_cls.greater_is_better,
-            extra=family.tags())
+            description=spec.description, extra=family.tags())
         return tags | record.provenance_tags(provenance_for(spec, self.host))
 
     def train(self, spec: RunSpec, run_id: str, report: Report) -> PairingOutcome:

@@ -34,7 +34,8 @@ class Tag:
     FAMILY = PREFIX + "family"
     ATTENTION = PREFIX + "attention"  # attention variant, "none" for families without one
     ATTENTION_FALLBACK = PREFIX + "attention_fallback"  # slot->variant used where the asked one cannot serve
-    MODEL = PREFIX + "model"  # the model label used in run names
+    MODEL = PREFIX + "model"  # the model label (run names show it without its family prefix)
+    DESCRIPTION = PREFIX + "description"  # the full description of a pairing; run names stay short
     SEED = PREFIX + "seed"
     RUN_KEY = PREFIX + "run_key"  # hash of the resolved config: a FINISHED key is never retrained
     PRIMARY_METRIC = PREFIX + "primary_metric"
@@ -112,7 +113,8 @@ def run_key_filter(run_key: str) -> str:
 
 def child_tags(*, parent_run_id: str, grid: str, task: str, kind: str, family: str, model: str,
                seed: int, run_key: str, primary_metric: str, greater_is_better: bool,
-               attention: str = "none", extra: dict[str, str] | None = None) -> dict[str, str]:
+               attention: str = "none", description: str = "",
+               extra: dict[str, str] | None = None) -> dict[str, str]:
     """The tags of a child run; ``extra`` holds a family's own (short or full) tag names."""
     tags = {
         Tag.ROLE: ROLE_CHILD, Tag.GRID: grid, Tag.TASK: task, Tag.KIND: kind, Tag.FAMILY: family,
@@ -120,6 +122,8 @@ def child_tags(*, parent_run_id: str, grid: str, task: str, kind: str, family: s
         Tag.GREATER_IS_BETTER: str(bool(greater_is_better)).lower(), Tag.ATTENTION: attention,
         PARENT_RUN_ID: parent_run_id,
     }
+    if description:
+        tags[Tag.DESCRIPTION] = description
     tags.update({tag(k): str(v) for k, v in (extra or {}).items()})
     return tags
 

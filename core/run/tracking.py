@@ -10,9 +10,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import BadInputError
+from ..options import OptionsError, parse_options
 
 CONFIG_FILE = "mlflow.yaml"
 
@@ -42,13 +43,12 @@ def load_tracking_config(path: str | Path | None = None) -> TrackingConfig:
         return TrackingConfig()
     try:
         raw = yaml.safe_load(file.read_text()) or {}
-        return TrackingConfig.model_validate(raw)
     except yaml.YAMLError as exc:
         raise BadInputError(f"{file}: malformed YAML: {exc}") from None
-    except ValidationError as exc:
-        from ..config.experiment import validation_message
-
-        raise BadInputError(f"{file}:\n" + validation_message(exc, TrackingConfig)) from None
+    try:
+        return parse_options(TrackingConfig, raw)
+    except OptionsError as exc:
+        raise OptionsError(exc.problems, source=str(file)) from None
 
 
 def resolve_tracking_uri(flag: str | None = None, config: TrackingConfig | None = None) -> str:
@@ -173,7 +173,8 @@ def open_client(uri: str):
     return client
 
 
-def check_writable(uri: str) -> None:
+def check_writable(uri: str, what: str = "tracking location",
+                   fix: str = "--tracking-uri, $MLFLOW_TRACKING_URI or tracking_uri in mlflow.yaml") -> None:
     """Fail early, before training anything, when a local store cannot be written."""
     local: Path | None = None
     if uri.startswith("sqlite:///"):
@@ -189,15 +190,12 @@ def check_writable(uri: str) -> None:
     blocked = (target != local and not target.is_dir()) or not os.access(target, os.W_OK)
     if blocked:
         reason = f"{target} is not a directory" if not target.is_dir() and target != local else f"{target} denies writing"
-        raise BadInputError(
-            f"tracking location {uri} is not writable ({reason}); "
-            "choose another with --tracking-uri, $MLFLOW_TRACKING_URI or tracking_uri in mlflow.yaml"
-        )
+        raise BadInputError(f"{what} {uri} is not writable ({reason}); choose another with {fix}")
 
 
 def check_artifact_root_writable(root: str | None) -> None:
     if root and root.startswith("file:"):
-        check_writable(root)
+        check_writable(root, "artifact location", "artifact_location in mlflow.yaml")
 
 
 def get_or_create_experiment(client, name: str, artifact_root_uri: str | None) -> str:

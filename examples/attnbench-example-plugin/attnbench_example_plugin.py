@@ -3,13 +3,13 @@
 softmax(q k^T) is replaced by the kernel phi(q) phi(k)^T with phi = elu + 1, so the
 (keys x values) summary is computed once and attention costs O(n) instead of O(n^2).
 It cannot return an n x n weight map cheaply and we do not implement its causal form,
-so the capability flags say so and attnbench falls back or skips where needed.
+so the capability flags say so and attnbench falls back or skips where needed. The base
+class refuses calls the flags deny (``causal=True`` here) before ``forward`` runs, and its
+``add_projections`` / ``project_qkv`` / ``project_out`` give the usual projections.
 """
 
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
-
 from attnbench import Attention, hookimpl
 
 
@@ -27,27 +27,19 @@ class LinearAttention(Attention):
 
     def __init__(self, d_model, n_heads, dropout=0.0, options=None):
         super().__init__(d_model, n_heads, dropout, options)
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.k_proj = nn.Linear(d_model, d_model)
-        self.v_proj = nn.Linear(d_model, d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
+        self.add_projections()  # q_proj, k_proj, v_proj, out_proj
 
     def forward(self, x, context=None, *, key_padding_mask=None, causal=False, need_weights=False):
-        if causal:
-            raise NotImplementedError("linear attention here is non-causal (supports_causal=False)")
-        kv = x if context is None else context
-        b, lq, _ = x.shape
-        heads = lambda t: t.view(b, t.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
-        q = F.elu(heads(self.q_proj(x))) + 1
-        k = F.elu(heads(self.k_proj(kv))) + 1
-        v = heads(self.v_proj(kv))
+        # causal is always False here: the base class refuses causal=True (supports_causal=False).
+        q, k, v = self.project_qkv(x, context)  # (B, H, L, head_dim) each
+        q, k = F.elu(q) + 1, F.elu(k) + 1
         if key_padding_mask is not None:  # padded keys contribute nothing to the summary
             k = k.masked_fill(key_padding_mask[:, None, :, None], 0.0)
         summary = k.transpose(-2, -1) @ v  # (B, H, D, D): the O(n) trick
         normaliser = q @ k.sum(dim=-2, keepdim=True).transpose(-2, -1) + self.options.eps
         out = (q @ summary) / normaliser
         out = F.dropout(out, self.dropout, self.training)
-        return self.out_proj(out.transpose(1, 2).reshape(b, lq, self.d_model)), None
+        return self.project_out(out), None
 
 
 @hookimpl

@@ -27,10 +27,8 @@ import math
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from torch import nn
 
 from attnbench import Attention, hookimpl
-from attnbench.plugins.attention.multihead import merge_heads, split_heads, validate_attention_call
 
 SELF_SCORE = -5e4  # a token sees itself only when every other key is masked
 
@@ -160,10 +158,13 @@ class _ChunkAttention(torch.autograd.Function):
 
 
 def lsh_attention(qk, v, options: LSHOptions, *, key_padding_mask=None, causal=False, dropout_p=0.0,
-                  need_weights=False):
+                  need_weights=False, rounds_at_once: bool | None = None):
     """Reformer LSH attention on shared query/key vectors ``qk`` and values ``v`` (B, H, n, D).
 
     Returns ``(out, weights)``; weights as described in the module docstring, or None.
+    ``rounds_at_once`` (default: on CUDA, without weights) batches the hashing rounds into one
+    pass, trading ``n_hashes`` times the temporaries for a fraction of the kernel launches;
+    otherwise the rounds run one after another, which keeps CPU memory low.
     """
     b, h, n, d = qk.shape
     rounds = options.n_hashes
@@ -175,11 +176,12 @@ def lsh_attention(qk, v, options: LSHOptions, *, key_padding_mask=None, causal=F
     valid[:, n:] = False
     if key_padding_mask is not None:
         valid[:, :n] = ~key_padding_mask
+    padded = key_padding_mask is not None or n_pad > n  # known here: no device sync for valid.all()
 
     # Sort each round by (bucket, position). Padding goes to an extra last bucket, so its
     # contents can never change where real tokens land.
     buckets = hash_buckets(qk.detach(), n_buckets, rounds, options.seed)
-    if not bool(valid.all()):
+    if padded:
         buckets = buckets.masked_fill(~valid[:, None, None, :], n_buckets)
     pos = torch.arange(n_pad, device=qk.device)
     order = (buckets * n_pad + pos).argsort(dim=-1)  # (B, H, R, n_pad): sorted slot -> position
@@ -188,11 +190,13 @@ def lsh_attention(qk, v, options: LSHOptions, *, key_padding_mask=None, causal=F
     q_pos = order.view(b, h, rounds, n_chunks, chunk)
     k_pos = _look_one_back(q_pos[..., None]).squeeze(-1)
     k_valid = None
-    if not bool(valid.all()):
+    if padded:
         k_valid = valid.gather(1, order.view(b, -1)).view(b, h, rounds, n_chunks, chunk, 1)
         k_valid = _look_one_back(k_valid).squeeze(-1)
     qk_rows = (qk * (1.0 / math.sqrt(d))).reshape(b * h * n_pad, d)
     v_rows = v.reshape(b * h * n_pad, d)
+    if (qk.is_cuda if rounds_at_once is None else rounds_at_once) and not need_weights:
+        return _all_rounds_at_once(qk_rows, v_rows, order, undo, q_pos, k_pos, k_valid, causal, dropout_p)[:, :, :n], None
 
     # One round at a time: the n x 2*chunk temporaries of a round are freed before the next.
     outs, lses, probs_kept = [], [], []
@@ -229,12 +233,64 @@ def lsh_attention(qk, v, options: LSHOptions, *, key_padding_mask=None, causal=F
     return out, weights
 
 
+def _all_rounds_at_once(qk_rows, v_rows, order, undo, q_pos, k_pos, k_valid, causal, dropout_p):
+    """Every hashing round in one batch; the same computation as the round loop. Returns (B, H, n_pad, D).
+
+    On CUDA the loop was launch-bound (about 8 ms at any length on an H100): batching the
+    rounds divides the launches by ``n_hashes``. Gathers use ``index_select``, whose
+    backward is a scatter-add, since a row now appears once per round.
+    """
+    b, h, rounds, n_chunks, chunk = q_pos.shape
+    n_pad, d = n_chunks * chunk, qk_rows.shape[-1]
+    head_offset = (torch.arange(b * h, device=qk_rows.device) * n_pad).view(b, h, 1, 1)
+    to_sorted = (order + head_offset).flatten()
+    sq = qk_rows.index_select(0, to_sorted).view(b, h, rounds, n_chunks, chunk, d)
+    sv = v_rows.index_select(0, to_sorted).view(b, h, rounds, n_chunks, chunk, d)
+    hidden = None if k_valid is None else ~k_valid[..., None, :]
+    if causal:
+        future = k_pos[..., None, :] > q_pos[..., :, None]
+        hidden = future if hidden is None else hidden | future
+    out, lse, _ = _attend_round(sq, sv, hidden, dropout_p)
+    round_offset = (torch.arange(b * h * rounds, device=qk_rows.device) * n_pad).view(b, h, rounds, 1)
+    to_position = (undo + round_offset).flatten()
+
+    def unsort(t):  # (B, H, R, n_chunks, chunk, X) in sorted order -> (B, H, R, n_pad, X) by position
+        return t.reshape(b * h * rounds * n_pad, -1).index_select(0, to_position).view(b, h, rounds, n_pad, -1)
+
+    out, lse = unsort(out), unsort(lse)
+    return (out * torch.softmax(lse, dim=2).to(out.dtype)).sum(dim=2)
+
+
+def shared_qk_dense_attention(qk, v, *, key_padding_mask=None, causal=False, dropout_p=0.0):
+    """LSH attention with a single bucket, as one SDPA call on (B, H, n, D) tensors.
+
+    Keys are the normalised shared vectors; hidden keys get the dtype's minimum and a
+    token's own score -5e4 (added to its tiny dot product instead of replacing it: either
+    way its weight is exactly 0 next to any visible key, and 1 when nothing else is visible).
+    """
+    b, h, n, d = qk.shape
+    mask = torch.zeros(n, n, dtype=qk.dtype, device=qk.device)
+    hidden = None
+    if causal:
+        hidden = torch.ones(n, n, dtype=torch.bool, device=qk.device).triu(1)
+    if key_padding_mask is not None:
+        pad = key_padding_mask[:, None, None, :]
+        hidden = pad if hidden is None else hidden | pad
+    if hidden is not None:
+        mask = mask.masked_fill(hidden, torch.finfo(qk.dtype).min)
+    mask.diagonal(dim1=-2, dim2=-1).fill_(SELF_SCORE)
+    keys = F.normalize(qk, dim=-1).to(qk.dtype)  # float32 under autocast otherwise
+    return F.scaled_dot_product_attention(qk, keys, v, attn_mask=mask, dropout_p=dropout_p)
+
+
 def _attend_round(sq, sv, hidden, dropout_p):
     """One hashing round on sorted (B, H, n_chunks, chunk, D) queries and values.
 
     Returns (out (.., chunk, D), lse (.., chunk, 1), probs (.., chunk, m)).
     """
-    sk = F.normalize(sq, dim=-1)  # keys are the normalised shared vectors (this also undoes the scale)
+    # Keys are the normalised shared vectors (this also undoes the scale). Under autocast
+    # normalize runs in float32; keep the queries' dtype so backward's matmuls agree.
+    sk = F.normalize(sq, dim=-1).to(sq.dtype)
     return _ChunkAttention.apply(sq, sk, sv, hidden, dropout_p)
 
 
@@ -249,19 +305,27 @@ class LSHAttention(Attention):
 
     def __init__(self, d_model, n_heads, dropout=0.0, options=None):
         super().__init__(d_model, n_heads, dropout, options)
-        self.qk_proj = nn.Linear(d_model, d_model)
-        self.v_proj = nn.Linear(d_model, d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
+        self.add_projections(shared_qk=True)
+
+    def dense_equivalent(self, n: int) -> bool:
+        """True when hashing puts all ``n`` tokens into one bucket (one chunk, every round alike).
+
+        Then LSH attention is dense shared-QK attention with the self-mask, and ``forward``
+        computes it with one SDPA call (:func:`shared_qk_dense_attention`) unless weights are
+        requested.
+        """
+        return self.options.buckets_and_chunk(n)[0] == 1
 
     def forward(self, x, context=None, *, key_padding_mask=None, causal=False, need_weights=False):
-        validate_attention_call(self, x, context, key_padding_mask, causal)
-        qk = split_heads(self.qk_proj(x), self.n_heads)
-        v = split_heads(self.v_proj(x), self.n_heads)
-        out, weights = lsh_attention(
-            qk, v, self.options, key_padding_mask=key_padding_mask, causal=causal,
-            dropout_p=self.dropout if self.training else 0.0, need_weights=need_weights,
-        )
-        return self.out_proj(merge_heads(out)), weights
+        qk, _, v = self.project_qkv(x)
+        dropout_p = self.dropout if self.training else 0.0
+        if self.dense_equivalent(x.shape[1]) and not need_weights:
+            out, weights = shared_qk_dense_attention(qk, v, key_padding_mask=key_padding_mask, causal=causal,
+                                                     dropout_p=dropout_p), None
+        else:
+            out, weights = lsh_attention(qk, v, self.options, key_padding_mask=key_padding_mask, causal=causal,
+                                         dropout_p=dropout_p, need_weights=need_weights)
+        return self.project_out(out), weights
 
 
 @hookimpl

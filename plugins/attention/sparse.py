@@ -26,10 +26,9 @@ from typing import Callable, Literal
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from torch import nn
 
 from attnbench import Attention, hookimpl
-from attnbench.plugins.attention.multihead import merge_heads, split_heads, validate_attention_call
+from attnbench.attention import dense_attention
 
 
 class SparseOptions(BaseModel):
@@ -120,7 +119,7 @@ class _BlockLayout:
             self.qb.reshape(b, h * nb, blk, d), self.kb.reshape(b, h * nb, m, d),
             self.vb.reshape(b, h * nb, m, d), attn_mask=mask, dropout_p=dropout_p, scale=1.0,
         )
-        return out.view(b, h, nb * blk, d)[:, :, :self.n]
+        return out.reshape(b, h, nb * blk, d)[:, :, :self.n]  # CUDA kernels may return a transposed layout
 
 
 def _local_layout(q, k, v, valid, *, window, causal) -> _BlockLayout:
@@ -140,6 +139,47 @@ def _local_layout(q, k, v, valid, *, window, causal) -> _BlockLayout:
     query_pos = torch.arange(n_pad, device=q.device).view(nb, blk)
     return _BlockLayout(_pad_seq(q, n_pad).view(b, h, nb, blk, d), kb, vb,
                         _allowed(query_pos, key_pos, valid, causal, window=window), key_pos, n)
+
+
+def _local_sdpa(q, k, v, key_padding_mask, *, window, causal, dropout_p) -> torch.Tensor:
+    """The ``local`` pattern as one SDPA call over query blocks, with no copy of the keys.
+
+    Same blocks as :func:`_local_layout` (``window`` queries, each seeing its own, the previous
+    and unless causal the next block), built as strided views: ``q``, ``k``, ``v`` from
+    ``split_heads`` are (B, H, n, D) views of (B, n, H, D) rows, so the query blocks are a
+    reshape of them and each block's keys an ``unfold`` window over the padded rows. The
+    band mask is additive, one (blk, m) plane per block shared by every head. Profiling
+    showed the old copies (pad, cat of neighbours, a per-head bool mask that SDPA converted
+    to float) costing as much as a fifth of the module. Returns (B, H, n, D).
+    """
+    b, h, n, d = q.shape
+    blk = min(window, n)
+    nb = math.ceil(n / blk)
+    n_pad = nb * blk
+    forward = 0 if causal else 1
+    m = (2 + forward) * blk
+    rows = q.transpose(1, 2) * (1.0 / math.sqrt(d))  # scale the n x D queries, not the scores
+    if n_pad > n:
+        rows = F.pad(rows, (0, 0, 0, 0, 0, n_pad - n))
+    qb = rows.reshape(b, nb, blk, h, d).transpose(2, 3).reshape(b * nb, h, blk, d)
+
+    def key_windows(t):  # (B, H, n, D) -> (B*nb, H, m, D): a view when B == 1
+        padded = F.pad(t.transpose(1, 2), (0, 0, 0, 0, blk, n_pad - n + forward * blk))
+        return padded.unfold(1, m, blk).transpose(-1, -2).reshape(b * nb, h, m, d)
+
+    query_pos = torch.arange(n_pad, device=q.device).view(nb, blk, 1)
+    key_pos = ((torch.arange(nb, device=q.device)[:, None] - 1) * blk + torch.arange(m, device=q.device))[:, None, :]
+    ok = (key_pos >= 0) & (key_pos < n) & ((query_pos - key_pos).abs() < window)  # (nb, blk, m)
+    if causal:
+        ok = ok & (key_pos <= query_pos)
+    if key_padding_mask is not None:
+        ok = ok & ~key_padding_mask[:, key_pos.clamp(0, n - 1)]  # (B, nb, blk, m)
+    # A finite minimum (not -inf): a padding query whose keys are all padding stays finite.
+    mask = torch.zeros(ok.shape, dtype=q.dtype, device=q.device).masked_fill_(~ok, torch.finfo(q.dtype).min)
+    mask = mask.expand(b, nb, blk, m).reshape(b * nb, 1, blk, m)
+    out = F.scaled_dot_product_attention(qb, key_windows(k), key_windows(v), attn_mask=mask,
+                                         dropout_p=dropout_p, scale=1.0)
+    return out.reshape(b, nb, h, blk, d).transpose(2, 3).reshape(b, n_pad, h, d)[:, :n].transpose(1, 2)
 
 
 def _fixed_layout(q, k, v, valid, *, block_size, summary, causal) -> _BlockLayout:
@@ -218,6 +258,8 @@ def blocked_sparse_attention(q, k, v, options: SparseOptions, *, key_padding_mas
     none) gets an arbitrary finite output.
     """
     b, h, n, d = q.shape
+    if options.pattern == "local" and not need_weights:
+        return _local_sdpa(q, k, v, key_padding_mask, window=options.window, causal=causal, dropout_p=dropout_p), None
     q = q * (1.0 / math.sqrt(d))  # scale the n x D queries, not the n x m scores
     valid = torch.ones(b, n, dtype=torch.bool, device=q.device) if key_padding_mask is None else ~key_padding_mask
     if options.pattern == "block":
@@ -257,20 +299,21 @@ def _dense_weights(parts, probs, n):
 # --- the CUDA FlexAttention path ---------------------------------------------------------
 
 
+FLEX_BLOCK = 128  # FlexAttention's tile: the block mask says which 128 x 128 tiles to visit
+
+
 @functools.cache
 def _flex_attention_fn():
-    """FlexAttention's (compiled) entry point, or None where this torch lacks it."""
+    """FlexAttention's compiled entry point, or None where this torch lacks it."""
     try:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        from torch.nn.attention.flex_attention import flex_attention
     except ImportError:
         return None
-    return torch.compile(flex_attention), create_block_mask
+    return torch.compile(flex_attention)
 
 
-@functools.lru_cache(maxsize=32)
-def _flex_block_mask(pattern, window, stride, block_size, summary, causal, n, device):
-    """Block mask for one pattern and shape; cached because building it costs a kernel launch series."""
-    _, create_block_mask = _flex_attention_fn()
+def _pattern_mask_mod(pattern, window, stride, block_size, summary, causal):
+    """The pattern as FlexAttention's ``mask_mod(b, h, q_idx, kv_idx) -> keep``, applied inside partial tiles."""
 
     def mask_mod(b, h, q_idx, kv_idx):
         diff = q_idx - kv_idx
@@ -282,21 +325,90 @@ def _flex_block_mask(pattern, window, stride, block_size, summary, causal, n, de
                 keep = keep | (diff % stride == 0)
         return keep & (diff >= 0) if causal else keep
 
-    return create_block_mask(mask_mod, None, None, n, n, device=device)
+    return mask_mod
+
+
+def pattern_tiles(pattern, window, stride, block_size, summary, causal, n, tile=FLEX_BLOCK, device="cpu"):
+    """Which ``tile x tile`` tiles of the n x n pattern hold a visible pair, and which hold only visible pairs.
+
+    Returns bool ``(any, full)`` of shape (n_tiles, n_tiles), computed per tile from the ranges
+    of ``q - k`` (and of positions modulo ``block_size``) inside it, so memory grows with
+    ``(n / tile)^2``, never ``n^2``: this is what lets FlexAttention run at 65k tokens.
+    ``any`` is exact for local and strided and may include a few empty tiles for block;
+    ``full`` may leave out full tiles (they are then visited as partial ones). Both errors
+    only cost time, never correctness. Tiles that cross ``n`` are never full.
+    """
+    nt = math.ceil(n / tile)
+    start = torch.arange(nt, device=device) * tile
+    end = torch.clamp(start + tile, max=n) - 1
+    q_lo, q_hi, k_lo, k_hi = start[:, None], end[:, None], start[None, :], end[None, :]
+    d_min, d_max = q_lo - k_hi, q_hi - k_lo  # every q - k in between occurs in the tile
+    if causal:
+        d_min = d_min.clamp(min=0)
+    reachable = d_min <= d_max  # with causal: some key not after its query
+    if pattern == "block":
+        span = k_hi - k_lo
+        first = k_lo % block_size
+        shares_block = (q_lo // block_size <= k_hi // block_size) & (k_lo // block_size <= q_hi // block_size)
+        has_summary = (span + 1 >= block_size) | (first + span >= block_size - summary)
+        one_block = (q_lo // block_size == q_hi // block_size) & (q_lo // block_size == k_lo // block_size) & (
+            k_lo // block_size == k_hi // block_size)
+        only_summary = (first >= block_size - summary) & (first + span <= block_size - 1)
+        any_tile = reachable & (shares_block | has_summary)
+        full = one_block | only_summary
+    else:
+        any_tile = reachable & (d_min <= window - 1) & (d_max >= -(window - 1))
+        if pattern == "strided":
+            any_tile |= reachable & (torch.div(d_max, stride, rounding_mode="floor") * stride >= d_min)
+        full = (d_min >= -(window - 1)) & (d_max <= window - 1)
+    if causal:
+        full &= k_hi <= q_lo
+    full &= (q_hi - q_lo + 1 == tile) & (k_hi - k_lo + 1 == tile)
+    return any_tile, full & any_tile
+
+
+def _kv_block_lists(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n_tiles, n_tiles) bool -> FlexAttention's (1, 1, n_tiles) counts and (1, 1, n_tiles, n_tiles) indices."""
+    counts = tiles.sum(-1, dtype=torch.int32)
+    indices = torch.argsort((~tiles).to(torch.int8), dim=-1, stable=True).to(torch.int32)  # listed tiles first
+    return counts[None, None], indices[None, None]
+
+
+@functools.lru_cache(maxsize=32)
+def flex_block_mask(pattern, window, stride, block_size, summary, causal, n, device):
+    """FlexAttention BlockMask of one pattern and length, from :func:`pattern_tiles` (no n x n mask).
+
+    Cached per (options, n, device): building it is a few small kernels, reused every step.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    any_tile, full = pattern_tiles(pattern, window, stride, block_size, summary, causal, n, device=device)
+    partial_counts, partial_indices = _kv_block_lists(any_tile & ~full)
+    full_counts, full_indices = _kv_block_lists(full)
+    mask_mod = _pattern_mask_mod(pattern, window, stride, block_size, summary, causal)
+    try:
+        return BlockMask.from_kv_blocks(partial_counts, partial_indices, full_counts, full_indices,
+                                        BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod, seq_lengths=(n, n))
+    except TypeError:  # older torch: no seq_lengths argument
+        return BlockMask.from_kv_blocks(partial_counts, partial_indices, full_counts, full_indices,
+                                        BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod)
+
+
+FLEX_MIN_LENGTH = 1024  # shorter sequences: the blocked SDPA path (cheaper than compiling per length)
 
 
 def flex_available(q: torch.Tensor) -> bool:
-    return q.is_cuda and hasattr(torch.nn, "attention") and _flex_attention_fn() is not None
+    """FlexAttention on CUDA for long sequences; short ones vary per batch and would recompile it."""
+    return q.is_cuda and q.shape[-2] >= FLEX_MIN_LENGTH and _flex_attention_fn() is not None
 
 
 def flex_sparse_attention(q, k, v, options: SparseOptions, *, causal=False):
     """The same pattern through FlexAttention (CUDA only; no padding mask, dropout or weights)."""
     n = q.shape[-2]
     stride = options.stride or max(2, round(math.sqrt(n)))
-    block_mask = _flex_block_mask(options.pattern, options.window, stride, options.block_size,
-                                  options.summary, causal, n, str(q.device))
-    flex, _ = _flex_attention_fn()
-    return flex(q, k, v, block_mask=block_mask)
+    block_mask = flex_block_mask(options.pattern, options.window, stride, options.block_size,
+                                 options.summary, causal, n, str(q.device))
+    return _flex_attention_fn()(q, k, v, block_mask=block_mask)
 
 
 # --- the module ------------------------------------------------------------------------------
@@ -313,23 +425,32 @@ class SparseAttention(Attention):
 
     def __init__(self, d_model, n_heads, dropout=0.0, options=None):
         super().__init__(d_model, n_heads, dropout, options)
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.k_proj = nn.Linear(d_model, d_model)
-        self.v_proj = nn.Linear(d_model, d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
+        self.add_projections()
+
+    def dense_equivalent(self, n: int) -> bool:
+        """True when the pattern lets every query see every key at length ``n``.
+
+        Then the module is exactly multi-head attention and ``forward`` runs the dense SDPA
+        path (:func:`attnbench.attention.dense_attention`) instead of the blocked one:
+        a ``window`` (local, strided) or ``block_size`` (block) of at least ``n``.
+        """
+        reach = self.options.block_size if self.options.pattern == "block" else self.options.window
+        return reach >= n
 
     def forward(self, x, context=None, *, key_padding_mask=None, causal=False, need_weights=False):
-        validate_attention_call(self, x, context, key_padding_mask, causal)
-        q, k, v = (split_heads(proj(x), self.n_heads) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = self.project_qkv(x)
         dropout_p = self.dropout if self.training else 0.0
-        if key_padding_mask is None and dropout_p == 0.0 and not need_weights and flex_available(q):
+        if self.dense_equivalent(x.shape[1]):
+            out, weights = dense_attention(q, k, v, key_padding_mask=key_padding_mask, causal=causal,
+                                           dropout_p=dropout_p, need_weights=need_weights)
+        elif key_padding_mask is None and dropout_p == 0.0 and not need_weights and flex_available(q):
             out, weights = flex_sparse_attention(q, k, v, self.options, causal=causal), None
         else:
             out, weights = blocked_sparse_attention(
                 q, k, v, self.options, key_padding_mask=key_padding_mask, causal=causal,
                 dropout_p=dropout_p, need_weights=need_weights,
             )
-        return self.out_proj(merge_heads(out)), weights
+        return self.project_out(out), weights
 
 
 @hookimpl

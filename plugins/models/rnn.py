@@ -1,7 +1,9 @@
 """Model family ``rnn``: LSTM/GRU baselines that use no attention, and the same seq2seq model with it.
 
 - classification: (bi)LSTM/GRU encoder, masked mean pooling over its outputs, linear head.
-- span: (bi)LSTM/GRU encoder with start/end heads.
+- span: (bi)LSTM/GRU encoder with the question-aware span head shared with the transformer
+  (span_head.py) and the question-match input, as the transformer has (``question_match: false``
+  turns it off for both).
 - seq2seq: encoder-decoder in the style of Sutskever et al. 2014 / Cho et al. 2014. The
   decoder's initial state is computed from the encoder's final state, and that same summary
   vector is fed to every decoder step next to the previous token (Cho et al.). The decoder
@@ -31,6 +33,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from attnbench import ModelDims, ModelFamily, TaskIO, hookimpl
 from attnbench.errors import BadInputError
 
+from .span_head import QuestionMatch, SpanHead
+
 
 class RNNOptions(BaseModel):
     """Options of a ``{family: rnn, ...}`` grid entry."""
@@ -42,6 +46,9 @@ class RNNOptions(BaseModel):
     attention: str | None = Field(None, description="seq2seq only: attention variant from decoder outputs to encoder "
                                                     "states (needs supports_cross); none = the no-attention baseline")
     attention_options: dict = Field(default_factory=dict, description="options of that variant")
+    # Off by default: the baseline aligns nothing between question and context; it must carry
+    # the question in its state (the Deep LSTM Reader of Hermann et al. 2015). On: the ablation.
+    question_match: bool = Field(True, description="span models: mark context tokens that occur in the question (span_head.py); the same default as the transformer, so the comparison changes one thing")
 
 
 def make_rnn(cell: str, input_size: int, hidden: int, n_layers: int, dropout: float, bidirectional: bool) -> nn.RNNBase:
@@ -74,9 +81,12 @@ class RNNEncoder(nn.Module):
         self.rnn = make_rnn(cell, embed.embedding_dim, hidden, n_layers, dropout, bidirectional)
         self.out_dim = hidden * (2 if bidirectional else 1)
 
-    def forward(self, tokens, padding_mask):
+    def forward(self, tokens, padding_mask, input_features=None):
         lengths = (~padding_mask).sum(1).clamp(min=1).cpu()
-        packed = pack_padded_sequence(self.dropout(self.embed(tokens)), lengths, batch_first=True, enforce_sorted=False)
+        x = self.embed(tokens)
+        if input_features is not None:  # (B, L, d_model) added to the embeddings, e.g. QuestionMatch
+            x = x + input_features
+        packed = pack_padded_sequence(self.dropout(x), lengths, batch_first=True, enforce_sorted=False)
         out, state = self.rnn(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=tokens.shape[1])
         return out, state
@@ -95,16 +105,19 @@ class RNNClassifier(nn.Module):
 
 
 class RNNSpanExtractor(nn.Module):
-    def __init__(self, encoder: RNNEncoder):
+    """Encoder with the question-aware span head (span_head.py), the same head as the transformer's."""
+
+    def __init__(self, encoder: RNNEncoder, sep_id: int | None, question_match: bool):
         super().__init__()
         self.encoder = encoder
-        self.span_head = nn.Linear(encoder.out_dim, 2)
+        dim = encoder.embed.embedding_dim
+        self.question_match = QuestionMatch(dim, sep_id, init_std=1.0) if question_match else None  # std as make_embedding
+        self.span_head = SpanHead(encoder.out_dim, sep_id)
 
     def forward(self, tokens, padding_mask):
-        out, _ = self.encoder(tokens, padding_mask)
-        logits = self.span_head(out).masked_fill(padding_mask[..., None], torch.finfo(out.dtype).min)
-        start, end = logits.unbind(-1)
-        return start, end
+        match = self.question_match(tokens, padding_mask) if self.question_match is not None else None
+        out, _ = self.encoder(tokens, padding_mask, match)
+        return self.span_head(out, tokens, padding_mask)
 
 
 class RNNMemory(NamedTuple):
@@ -273,7 +286,7 @@ class RNNFamily(ModelFamily):
             raise BadInputError(f"model.attention: {self.options.attention!r} cannot attend from decoder to encoder states "
                                 f"(needs supports_cross and supports_padding_mask); valid: {', '.join(usable)}")
         self._attention_cls = cls
-        self._attention_opts = cls.parse_options(self.options.attention_options, where="model.attention_options")
+        self._attention_opts = cls.parse_options(self.options.attention_options, where="attention_options")
 
     def build(self, io: TaskIO, dims: ModelDims, host) -> nn.Module:
         if io.kind not in self.kinds:
@@ -292,7 +305,7 @@ class RNNFamily(ModelFamily):
                 raise BadInputError("task: a classification task must set TaskIO.n_classes")
             return RNNClassifier(encoder(), io.n_classes, dims.dropout)
         if io.kind == "span":
-            return RNNSpanExtractor(encoder())
+            return RNNSpanExtractor(encoder(), io.extra.get("sep_id"), opts.question_match)
         if io.kind == "seq2seq":
             tgt_vocab = io.tgt_vocab_size or io.vocab_size
             tgt_embed = src_embed if io.tgt_vocab_size is None else make_embedding(tgt_vocab, dims.d_model, io.pad_id)

@@ -23,6 +23,8 @@ from torch import nn
 from attnbench import Attention, ModelDims, ModelFamily, TaskIO, hookimpl
 from attnbench.errors import BadInputError
 
+from .span_head import QuestionMatch, SpanHead
+
 FALLBACK_ATTENTION = "multihead"
 
 
@@ -36,6 +38,7 @@ class TransformerOptions(BaseModel):
     # linear map everywhere, so tiny models learn position-based alignment (translation) in a
     # few hundred steps; separate learned tables for encoder and decoder take far longer.
     positions: Literal["sinusoidal", "learned"] = "sinusoidal"
+    question_match: bool = Field(True, description="span models: mark context tokens that occur in the question (span_head.py)")
 
 
 # ---------------------------------------------------------------------------- building blocks
@@ -173,8 +176,10 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.ln_final = nn.LayerNorm(d_model)
 
-    def forward(self, tokens, padding_mask):
+    def forward(self, tokens, padding_mask, input_features=None):
         x = self.embed(tokens)
+        if input_features is not None:  # (B, L, d_model) added to the embeddings, e.g. QuestionMatch
+            x = x + input_features
         for block in self.blocks:
             x = block(x, padding_mask)
         x = self.ln_final(x)
@@ -205,18 +210,20 @@ class TransformerClassifier(nn.Module):
 
 
 class TransformerSpanExtractor(nn.Module):
-    """Encoder with start/end heads: -> (start_logits (B, L), end_logits (B, L)); padding gets the minimum."""
+    """Encoder with the question-aware span head (span_head.py): -> (start_logits (B, L), end_logits (B, L))."""
 
-    def __init__(self, encoder: Encoder, d_model: int):
+    def __init__(self, encoder: Encoder, d_model: int, sep_id: int | None, question_match: bool):
         super().__init__()
         self.encoder = encoder
-        self.span_head = nn.Linear(d_model, 2)
+        # init_std as init_weights' embeddings; scaled like the tokens in forward
+        self.question_match = QuestionMatch(d_model, sep_id, init_std=0.02) if question_match else None
+        self.span_head = SpanHead(d_model, sep_id)
 
     def forward(self, tokens, padding_mask):
-        logits = self.span_head(self.encoder(tokens, padding_mask))
-        logits = logits.masked_fill(padding_mask[..., None], torch.finfo(logits.dtype).min)
-        start, end = logits.unbind(-1)
-        return start, end
+        match = None
+        if self.question_match is not None:
+            match = self.question_match(tokens, padding_mask) * self.encoder.embed.token_scale
+        return self.span_head(self.encoder(tokens, padding_mask, match), tokens, padding_mask)
 
 
 @dataclass
@@ -320,7 +327,7 @@ class TransformerFamily(ModelFamily):
     def validate(self, host) -> None:
         cls = host.attention.get(self.options.attention).factory
         self._attention_cls = cls
-        self._attention_opts = cls.parse_options(self.options.attention_options, where="model.attention_options")
+        self._attention_opts = cls.parse_options(self.options.attention_options, where="attention_options")
 
     def tags(self) -> dict[str, str]:
         tags = {"attnbench.attention": self.options.attention}
@@ -362,7 +369,8 @@ class TransformerFamily(ModelFamily):
                 raise BadInputError("task: a classification task must set TaskIO.n_classes")
             model = TransformerClassifier(self._encoder(io, dims, host, src_tokens, d_ff), d, io.n_classes, dims.dropout)
         elif io.kind == "span":
-            model = TransformerSpanExtractor(self._encoder(io, dims, host, src_tokens, d_ff), d)
+            model = TransformerSpanExtractor(self._encoder(io, dims, host, src_tokens, d_ff), d, io.extra.get("sep_id"),
+                                             self.options.question_match)
         elif io.kind == "seq2seq":
             encoder = self._encoder(io, dims, host, src_tokens, d_ff)
             tgt_vocab = io.tgt_vocab_size or io.vocab_size
