@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench import Attention, hookimpl
-from attnbench.plugins.attention.multihead import (KeyValueCache, build_additive_mask, merge_heads, split_heads,
-                                                   validate_attention_call)
+from attnbench.attention import KeyValueCache, attention_mask, merge_heads, split_heads
 
 
 def additive_attention(q, k, v, score_vector, *, key_padding_mask=None, causal=False, dropout_p=0.0):
@@ -35,7 +34,7 @@ def additive_attention(q, k, v, score_vector, *, key_padding_mask=None, causal=F
     hidden = torch.tanh(q[:, :, :, None, :] + k[:, :, None, :, :])  # (B, H, Lq, Lk, D)
     # One (Lq*Lk, D) @ (D, 1) product per head: ~3x faster on the CPU than broadcasting over 5 dims.
     scores = (hidden.reshape(b, h, q_len * k_len, d) @ score_vector[None, :, :, None].to(hidden.dtype)).view(b, h, q_len, k_len)
-    mask = build_additive_mask(key_padding_mask, causal, q.shape[-2], k.shape[-2], q.device, q.dtype)
+    mask = attention_mask(key_padding_mask, causal, q.shape[-2], k.shape[-2], q.device)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = torch.softmax(scores.float(), dim=-1).nan_to_num(0.0).to(q.dtype)  # fully masked rows -> 0
@@ -64,7 +63,6 @@ class AdditiveAttention(KeyValueCache, Attention):
         return self.dropout if self.training else 0.0
 
     def forward(self, x, context=None, *, key_padding_mask=None, causal=False, need_weights=False):
-        validate_attention_call(self, x, context, key_padding_mask, causal)
         kv = x if context is None else context
         q, k, v = (split_heads(proj(src), self.n_heads) for proj, src in ((self.q_proj, x), (self.k_proj, kv), (self.v_proj, kv)))
         out, weights = additive_attention(q, k, v, self.score_vector, key_padding_mask=key_padding_mask, causal=causal,

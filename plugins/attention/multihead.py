@@ -34,18 +34,3 @@ class MultiHeadAttention(KeyValueCache, Attention):
 @hookimpl
 def register_attention(register):
     register("multihead", MultiHeadAttention)
-
-
-# Plugins written before these moved to core imported them from here; keep those imports
-# working. New code imports from ``attnbench.attention``; the base class checks every call.
-from attnbench.attention import attention_mask, merge_heads, split_heads  # noqa: E402,F401
-
-
-def build_additive_mask(key_padding_mask, causal, q_len, k_len, device, dtype=None):
-    """Deprecated: ``attnbench.attention.attention_mask`` (``dtype`` was never used)."""
-    return attention_mask(key_padding_mask, causal, q_len, k_len, device)
-
-
-def validate_attention_call(module: Attention, x, context=None, key_padding_mask=None, causal=False) -> None:
-    """Deprecated: ``module.validate_call`` (which ``Attention`` already runs on every call)."""
-    module.validate_call(x, context, key_padding_mask, causal)
