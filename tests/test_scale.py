@@ -84,7 +84,7 @@ def make_ghost(uri: str, run_key: str, experiment: str = "toygrid", age_s: float
     then = time.time() - age_s
     beat = {Tag.OWNER: "deadhost:4242", Tag.HEARTBEAT: f"{then:.3f}"}
     parent = client.create_run(exp_id, start_time=int(then * 1000), tags=record.parent_tags(experiment) | beat)
-    child = client.create_run(exp_id, start_time=int(then * 1000), run_name="toy/rnn-gru/seed0", tags=beat | {
+    child = client.create_run(exp_id, start_time=int(then * 1000), run_name="toy/gru/s0", tags=beat | {
         Tag.ROLE: record.ROLE_CHILD, Tag.RUN_KEY: run_key, Tag.CLAIM: record.CLAIM_HELD,
         record.PARENT_RUN_ID: parent.info.run_id})
     return parent.info.run_id, child.info.run_id
@@ -93,11 +93,11 @@ def make_ghost(uri: str, run_key: str, experiment: str = "toygrid", age_s: float
 def dry_run_keys(workdir, *args) -> dict[str, str]:
     result = invoke(workdir, "sqlite:///unused.db", "--dry-run", *args)
     assert result.exit_code == 0, result.output
-    return dict(re.findall(r"(toy/\S+/seed\d+)\s+│\s+([0-9a-f]{16})", result.output))
+    return dict(re.findall(r"(toy/\S+/s\d+)\s+│[^│]*│\s+([0-9a-f]{16})", result.output))
 
 
 def test_stale_command_lists_and_closes_ghost_runs(workdir, tracking_uri):
-    key = dry_run_keys(workdir)["toy/rnn-gru/seed0"]
+    key = dry_run_keys(workdir)["toy/gru/s0"]
     parent, child = make_ghost(tracking_uri, key)
     listed = CliRunner().invoke(app, ["stale", "g.yaml", "--tracking-uri", tracking_uri, "--lease", "60"])
     assert listed.exit_code == 0, listed.output
@@ -114,11 +114,11 @@ def test_stale_command_lists_and_closes_ghost_runs(workdir, tracking_uri):
 
 
 def test_run_closes_a_ghost_then_trains_its_pairing(workdir, tracking_uri):
-    key = dry_run_keys(workdir)["toy/rnn-gru/seed0"]
+    key = dry_run_keys(workdir)["toy/gru/s0"]
     parent, child = make_ghost(tracking_uri, key)
     result = invoke(workdir, tracking_uri, "--lease", "60")
     assert result.exit_code == 0, result.output
-    assert "closed stale run toy/rnn-gru/seed0" in result.output and "lost heartbeat" in result.output
+    assert "closed stale run toy/gru/s0" in result.output and "lost heartbeat" in result.output
     client, parents, children = runs_of(tracking_uri)
     assert client.get_run(parent).info.status == "FAILED" and client.get_run(child).info.status == "FAILED"
     finished = [r.data.tags[Tag.RUN_KEY] for r in children if r.info.status == "FINISHED"]
@@ -152,7 +152,7 @@ def test_a_changed_plugin_module_changes_the_run_key_unless_the_grid_opts_out(wo
         result = CliRunner().invoke(app, ["run", "g.yaml", "--dry-run", "--plugin", "attnbench_test_plugins",
                                           "--plugin", "prov_plugin", *args])
         assert result.exit_code == 0, result.output
-        return dict(re.findall(r"(prov_toy/\S+/seed\d+)\s+│\s+([0-9a-f]{16})", result.output))
+        return dict(re.findall(r"(prov_toy/\S+/s\d+)\s+│[^│]*│\s+([0-9a-f]{16})", result.output))
 
     first, same, changed = keys(1), keys(1), keys(2)
     assert first == same and len(first) == 2

@@ -174,7 +174,7 @@ def test_kill_9_leaves_a_ghost_that_the_next_run_closes_and_retrains(slow_grid, 
     assert client.get_run(parents[0].info.run_id).info.status == "FAILED"  # its parent was a ghost too
     _, children = assert_clean(tracking_uri)
     assert sorted(c.info.run_name for c in children if c.info.status == "FINISHED") == [
-        "toy/rnn-gru/seed0", "toy/transformer-multihead/seed0"]
+        "toy/gru/s0", "toy/multihead/s0"]
 
 
 def test_piped_output_is_line_based_and_ctrl_c_on_the_pipeline_closes_the_runs(slow_grid, tracking_uri):
@@ -187,6 +187,6 @@ def test_piped_output_is_line_based_and_ctrl_c_on_the_pipeline_closes_the_runs(s
     assert [p.info.status for p in parents] == ["KILLED"]
     assert sorted(c.info.status for c in children) == ["FINISHED", "KILLED"]
     log = (slow_grid / "log.txt").read_text()
-    assert re.search(r"^start toy/rnn-gru/seed0 \(run [0-9a-f]{8}\)$", log, re.M)
-    assert re.search(r"^\[1/4\] toy/rnn-gru/seed0: finished accuracy", log, re.M)
+    assert re.search(r"^start toy/gru/s0 \(run [0-9a-f]{8}\)$", log, re.M)
+    assert re.search(r"^\[1/4\] toy/gru/s0: finished accuracy", log, re.M)
     assert "\r" not in log and "━" not in log  # lines, not a redrawn bar
