@@ -11,11 +11,12 @@ from .plugin_host.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it (the plugin API modules: attention, models, tasks)
+# public name -> module that defines it (the plugin API modules: attention, models, tasks, phases)
 _LAZY = {
     "Attention": "attention", "NoOptions": "attention", "capture_attention_maps": "attention",
     "ModelDims": "models", "ModelFamily": "models", "TaskIO": "models",
-    "Batch": "tasks", "Evaluation": "tasks", "Task": "tasks",
+    "Batch": "tasks", "Evaluation": "tasks", "Task": "tasks", "SplitTask": "tasks", "SplitSizes": "tasks",
+    "phase": "phases",
 }
 __all__ = [*sorted(_LAZY), "hookimpl", "__version__"]
 

@@ -16,6 +16,7 @@ from typing import Iterable, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import BadInputError
+from .phases import TOKENIZER, phase
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "[SEP]", "[CLS]"]
 PAD, UNK, BOS, EOS, SEP, CLS = range(len(SPECIAL_TOKENS))
@@ -191,6 +192,14 @@ class TokenizerOptions(BaseModel):
 
 
 def train_tokenizer(texts: list[str], options: TokenizerOptions, cache_dir: Path):
+    """Train (or load from cache) a subword tokenizer on ``texts`` (timed as the ``tokenizer`` phase).
+
+    See :func:`_train_tokenizer`."""
+    with phase(TOKENIZER):
+        return _train_tokenizer(texts, options, cache_dir)
+
+
+def _train_tokenizer(texts: list[str], options: TokenizerOptions, cache_dir: Path):
     """Train (or load from cache) a subword tokenizer on ``texts``.
 
     The cache key is a hash of the options and the texts, so every model of a task in a grid

@@ -70,6 +70,9 @@ class ModelFamily:
 
     kinds: ClassVar[tuple[str, ...]] = ()
     Options: ClassVar[type[BaseModel]]
+    # True for a family that uses no attention: compare measures every other model of a task
+    # against it. A subclass whose options decide (an optional attention) makes it a property.
+    is_baseline: bool = False
 
     def __init__(self, options: BaseModel):
         self.options = options
@@ -87,7 +90,8 @@ class ModelFamily:
         """Check names the options refer to (e.g. the attention variant) against the host."""
 
     def tags(self) -> dict[str, str]:
-        """Extra MLflow tags (``attnbench.attention``, fallbacks, ...) for runs of this model."""
+        """Extra MLflow tags for runs of this model, by short name: ``{"attention": "multihead"}``
+        is logged as ``attnbench.attention`` (fallbacks, ... likewise)."""
         return {}
 
     def build(self, io: TaskIO, dims: ModelDims, host) -> nn.Module:

@@ -2,7 +2,11 @@
 
 The runner creates one task instance per (task name, task options) in a grid, calls
 ``prepare()`` once, and shares it between every model and seed, so all models of a task see
-the same data and vocabulary.
+the same data and vocabulary. Core puts the model in eval mode, without gradients, around
+``Task.evaluate`` (and back in train mode after it): a task never switches modes itself.
+
+Most tasks hold their examples in train/validation/test lists: :class:`SplitTask` does their
+batching, and :class:`SplitSizes` gives generated data its ``n_train``/``n_validation``/``n_test``.
 """
 
 from __future__ import annotations
@@ -12,10 +16,13 @@ from pathlib import Path
 from typing import ClassVar, Iterator
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from .data import batch_indices
+from .errors import BadInputError
 from .options import parse_options
 from .models import TaskIO
+from .significance import SignificanceTest
 
 
 @dataclass
@@ -51,11 +58,20 @@ class Evaluation:
 
 
 class Task:
-    """Base class of tasks. Subclasses set the class attributes and implement the methods."""
+    """Base class of tasks. Subclasses set the class attributes and implement the methods.
+
+    What compare needs to know about the metrics is declared here, never guessed from names:
+    ``primary_metric`` (the metric runs are ranked and tested by), ``greater_is_better``,
+    ``metric_scale`` (the best possible value of the primary metric: ``1.0`` for fractions
+    such as accuracy, ``100.0`` for BLEU, chrF or SQuAD F1) and ``significance`` (how the
+    primary metric is tested against the baseline; None: no test).
+    """
 
     kind: ClassVar[str]  # one of attnbench.models.TASK_KINDS
     primary_metric: ClassVar[str]
     greater_is_better: ClassVar[bool] = True
+    metric_scale: ClassVar[float] = 1.0
+    significance: ClassVar[SignificanceTest | None] = None
     Options: ClassVar[type[BaseModel]]
     description: ClassVar[str] = ""
 
@@ -84,9 +100,64 @@ class Task:
         raise NotImplementedError
 
     def evaluate(self, model: torch.nn.Module, split: str, *, batch_size: int, device: torch.device) -> Evaluation:
-        """Metrics over the whole split (corpus-level where the metric is), plus predictions."""
+        """Metrics over the whole split (corpus-level where the metric is), plus predictions.
+
+        Core calls it with the model in eval mode and gradients off
+        (:func:`attnbench.run.training.evaluate_split`)."""
         raise NotImplementedError
 
     def attention_examples(self, n: int = 2) -> list[tuple[list[str], Batch]]:
         """A few fixed examples (tokens, one-example batch) for attention-map pictures."""
         return []
+
+
+SPLITS = ("train", "validation", "test")
+
+
+class SplitSizes(BaseModel):
+    """Example counts of generated splits: the options of tasks that synthesise their data
+    inherit these fields (``tasks.<name>.n_train`` ...)."""
+
+    n_train: int = Field(4000, gt=0, description="training examples")
+    n_validation: int = Field(200, gt=0, description="validation examples")
+    n_test: int = Field(500, gt=0, description="test examples")
+
+    def size(self, split: str) -> int:
+        return {"train": self.n_train, "validation": self.n_validation, "test": self.n_test}[split]
+
+
+class SplitTask(Task):
+    """A task whose examples sit in one list per split (train, validation, test).
+
+    Subclasses implement ``prepare`` (filling their splits, idempotent), ``split_size`` and
+    ``make_batch``; batches, their count and the split-name check live here. Override
+    ``batch_plan`` to batch differently (by length, or a subset of the examples)."""
+
+    splits: ClassVar[tuple[str, ...]] = SPLITS
+
+    def split_size(self, split: str) -> int:
+        """Number of examples in ``split``."""
+        raise NotImplementedError
+
+    def make_batch(self, split: str, indices: list[int]) -> Batch:
+        """The batch of the examples ``indices`` of ``split``."""
+        raise NotImplementedError
+
+    def batch_plan(self, split: str, batch_size: int, *, shuffle: bool,
+                   generator: torch.Generator | None = None) -> list[list[int]]:
+        """Example indices of each batch: in order, or shuffled with ``generator``."""
+        return batch_indices(self.split_size(split), batch_size, shuffle=shuffle, generator=generator)
+
+    def batches(self, split, batch_size, *, shuffle, generator=None) -> Iterator[Batch]:
+        self._prepare_split(split)
+        for indices in self.batch_plan(split, batch_size, shuffle=shuffle, generator=generator):
+            yield self.make_batch(split, indices)
+
+    def num_batches(self, split, batch_size) -> int:
+        self._prepare_split(split)
+        return len(self.batch_plan(split, batch_size, shuffle=False))
+
+    def _prepare_split(self, split: str) -> None:
+        if split not in self.splits:
+            raise BadInputError(f"unknown split {split!r}; valid: {', '.join(self.splits)}")
+        self.prepare()

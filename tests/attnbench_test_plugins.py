@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 
 from attnbench import Batch, Evaluation, Task, TaskIO, hookimpl
+from attnbench.significance import PerExampleScore
 
 
 class ToyOptions(BaseModel):
@@ -25,6 +26,8 @@ class ToyOptions(BaseModel):
 class ToyTask(Task):
     kind = "classification"
     primary_metric = "accuracy"
+    metric_scale = 100.0  # logged in percent, unlike the built-ins: the scale is what compare reads
+    significance = PerExampleScore(lambda record: float(record["prediction"] == record["reference"]))
     Options = ToyOptions
 
     def prepare(self):
@@ -69,6 +72,13 @@ class ToyTask(Task):
             preds += [{"id": i, "input": "", "prediction": int(p), "reference": int(r)}
                       for i, p, r in zip(batch.ids, pred.tolist(), batch["labels"].tolist())]
         return Evaluation({"accuracy": 100.0 * correct / len(preds)}, preds)
+
+    def attention_examples(self, n=2):
+        tokens, labels = self.data["test"]
+        return [([str(t) for t in tokens[i].tolist()],
+                 Batch({"tokens": tokens[i:i + 1], "padding_mask": torch.zeros_like(tokens[i:i + 1], dtype=torch.bool),
+                        "labels": labels[i:i + 1]}, n_tokens=tokens.shape[1], ids=[i]))
+                for i in range(min(n, len(tokens)))]
 
 
 @hookimpl

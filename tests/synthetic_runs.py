@@ -30,13 +30,14 @@ class TaskSpec:
     name: str
     kind: str
     primary_metric: str
+    metric_scale: float
     greater_is_better: bool = True
 
 
 TASKS = {
-    "sentiment": TaskSpec("sentiment", "classification", "accuracy"),
-    "qa": TaskSpec("qa", "span", "f1"),
-    "translation": TaskSpec("translation", "seq2seq", "bleu"),
+    "sentiment": TaskSpec("sentiment", "classification", "accuracy", 1.0),
+    "qa": TaskSpec("qa", "span", "f1", 100.0),
+    "translation": TaskSpec("translation", "seq2seq", "bleu", 100.0),
 }
 
 
@@ -105,7 +106,8 @@ def log_child_run(client, experiment_id: str, parent_run_id: str, *, task: str, 
                   skill: float = 0.7, n_examples: int = 100, status: str = "FINISHED",
                   tokens_per_s: float = 1000.0, params: int = 10_000, epochs: int = 2,
                   steps_per_epoch: int = 5, with_predictions: bool = True) -> str:
-    """One child run of ``task`` for model label ``model`` (``rnn-*`` labels are family rnn)."""
+    """One child run of ``task`` for model label ``model`` (``rnn-*`` labels are family rnn, the
+    no-attention baseline)."""
     spec = TASKS[task]
     family, _, attention = model.partition("-")
     attention = "none" if family == "rnn" else attention
@@ -113,7 +115,8 @@ def log_child_run(client, experiment_id: str, parent_run_id: str, *, task: str, 
     tags = record.child_tags(
         parent_run_id=parent_run_id, grid="synthetic", task=task, kind=spec.kind, family=family, model=model,
         seed=seed, run_key=f"{task}-{model}-{seed}-{status}", primary_metric=spec.primary_metric,
-        greater_is_better=spec.greater_is_better, attention=attention)
+        greater_is_better=spec.greater_is_better, metric_scale=spec.metric_scale, attention=attention,
+        baseline=family == "rnn")
     if spec.kind == "seq2seq":
         tags["sacrebleu.signature"] = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"
     run = client.create_run(experiment_id, run_name=f"{task}/{model}/seed{seed}", tags=tags)

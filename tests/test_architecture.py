@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ CORE = Path(__file__).resolve().parents[1] / "core"
 # Stages in flow order; a module may import its own stage and earlier ones, never a later one.
 # ``attnbench`` itself only re-exports the plugin API (lazily) and ``hookimpl``.
 STAGES = ["api", "plugin_host", "testing", "config", "run", "bench", "compare", "cli"]
-API_MODULES = {"attention", "models", "tasks", "data", "errors", "options"}
+API_MODULES = {"attention", "models", "tasks", "data", "errors", "options", "phases", "significance"}
 
 
 def module_name(path: Path) -> str:
@@ -56,6 +57,21 @@ def imports_of(path: Path) -> set[str]:
 GRAPH = {module_name(p): imports_of(p) for p in sorted(CORE.rglob("*.py")) if module_name(p) != "attnbench"}
 
 
+def plugin_imports_of(path: Path) -> list[str]:
+    """``attnbench.plugins...`` modules that ``path`` imports (absolute imports only: core has
+    no relative path to plugins/)."""
+    tree = ast.parse(path.read_text())
+    names = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and not node.level]
+    names += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    return [n for n in names if n == "attnbench.plugins" or n.startswith("attnbench.plugins.")]
+
+
+@pytest.mark.parametrize("path", sorted(CORE.rglob("*.py")), ids=lambda p: str(p.relative_to(CORE)))
+def test_core_imports_no_plugin(path):
+    """Core never names a built-in plugin: plugins declare what core needs (docs/architecture.md)."""
+    assert not plugin_imports_of(path), f"{path.relative_to(CORE)} imports {plugin_imports_of(path)}"
+
+
 def test_every_core_module_belongs_to_a_stage():
     assert {stage_of(m) for m in GRAPH} <= set(STAGES)
 
@@ -91,3 +107,33 @@ def test_the_cli_starts_without_torch_or_matplotlib():
     code = "import sys, attnbench.cli; print(sorted(m for m in ('torch', 'matplotlib', 'mlflow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _string_literals(path: Path):
+    """(line, text) of every string constant in ``path`` except docstrings (prose may name a tag)."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            yield node.lineno, node.value
+
+
+def test_only_the_run_record_spells_an_attnbench_tag():
+    """Tags are named through attnbench.run.record (Tag, child_tags, tag()); a hand-spelled
+    ``"attnbench.task"`` would silently diverge when a tag is renamed."""
+    from attnbench.run.record import PREFIX, Tag
+
+    short = sorted((v.removeprefix(PREFIX) for k, v in vars(Tag).items() if k.isupper()), key=len, reverse=True)
+    # ``attnbench.attention.Attention`` (a module path) is not a tag: no dot or word may follow
+    spelled = re.compile(rf"(?<![\w.]){re.escape(PREFIX)}(?:{'|'.join(short)})(?![\w.])")
+    record = CORE / "run" / "record.py"
+    found = []
+    for folder in ("core", "plugins", "tests", "benchmarks"):
+        for path in sorted((CORE.parent / folder).rglob("*.py")):
+            if path == record:
+                continue
+            found += [f"{path.relative_to(CORE.parent)}:{line}: {text!r}"
+                      for line, text in _string_literals(path) if spelled.search(text)]
+    assert not found, "tag names spelled outside core/run/record.py:\n" + "\n".join(found)

@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from attnbench.bench import BenchSpec, growth_exponent
 from attnbench.errors import BadInputError
+from attnbench.run.record import Tag
 
 
 def bench_app():
@@ -47,7 +48,7 @@ def test_bench_json_and_mlflow(tmp_path, monkeypatch):
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name("bench-test")
     runs = client.search_runs([exp.experiment_id])
-    assert sorted(r.data.tags["attnbench.attention"] for r in runs) == ["sdpa", "sparse"]
+    assert sorted(r.data.tags[Tag.ATTENTION] for r in runs) == ["sdpa", "sparse"]
     for run in runs:
         history = client.get_metric_history(run.info.run_id, "time_ms")
         assert sorted(m.step for m in history) == [64, 128]

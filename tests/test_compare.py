@@ -14,9 +14,11 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from attnbench import compare
-from attnbench.compare import render as compare_format, significance
+from attnbench import significance
+from attnbench.compare import render as compare_format
 from attnbench.cli.compare import compare as compare_command
 from attnbench.errors import BadInputError
+from attnbench.run.record import Tag
 from synthetic_runs import create_parent, log_child_run
 
 SEEDS = (0, 1, 2)
@@ -82,7 +84,7 @@ def test_fetch_uses_one_search_query(grid, monkeypatch):
     monkeypatch.setattr(client, "search_runs", lambda *a, **k: calls.append(k) or original(*a, **k))
     records = compare.fetch_child_runs(client, exp)
     assert len(calls) == 1
-    assert "attnbench.role" in calls[0]["filter_string"]
+    assert Tag.ROLE in calls[0]["filter_string"]
     assert len(records) == 3 * 4 + 4 + 4 + 1  # every child, failed ones included
 
 
@@ -219,7 +221,6 @@ def test_unknown_experiment_and_missing_target_are_bad_input(grid, tmp_path, mon
 
 
 def test_qa_significance_uses_the_squad_metric(tmp_path, migrated_store):
-    pytest.importorskip("attnbench.plugins.tasks.squad_metric", reason="the qa task's squad_metric module is not there yet")
     client = store_client(tmp_path, migrated_store)
     exp = client.create_experiment("qa-grid", artifact_location=str(tmp_path / "artifacts"))
     parent = create_parent(client, exp, "qa-grid")
@@ -243,3 +244,24 @@ def test_grid_file_names_the_experiment(grid, tmp_path):
     assert all(r["p_value"] == "" for r in rows)
     missing = CliRunner().invoke(cli_app(), [str(tmp_path / "nope.yaml")])
     assert missing.exit_code == 2 and "nope.yaml" in missing.output
+
+
+def test_run_record_reads_the_declarations_and_falls_back_for_older_runs():
+    from types import SimpleNamespace
+
+    from attnbench.run.record import RunRecord, child_tags
+
+    def run(tags):
+        return SimpleNamespace(info=SimpleNamespace(run_id="r", run_name="n", status="FINISHED", artifact_uri="",
+                                                    start_time=1),
+                               data=SimpleNamespace(tags=tags, metrics={}, params={"evaluate_with": "[]"}))
+
+    tags = child_tags(parent_run_id="p", grid="g", task="t", kind="seq2seq", family="f", model="m", seed=0,
+                      run_key="k", primary_metric="bleu", greater_is_better=True, metric_scale=100, baseline=True)
+    record = RunRecord.from_mlflow(run(tags))
+    assert record.baseline and record.metric_scale == 100.0 and record.params == {"evaluate_with": "[]"}
+    # runs logged before the declarations were tags: no scale, and no attention meant baseline
+    older = {k: v for k, v in tags.items() if k not in (Tag.BASELINE, Tag.METRIC_SCALE)}
+    assert RunRecord.from_mlflow(run(older | {Tag.ATTENTION: "none"})).baseline
+    assert not RunRecord.from_mlflow(run(older | {Tag.ATTENTION: "multihead"})).baseline
+    assert RunRecord.from_mlflow(run(older)).metric_scale is None

@@ -97,10 +97,10 @@ def test_reorder_memory_selects_examples(host, name, raw):
 def test_labels_and_tags(host):
     family, _ = build(host, "transformer", {}, "classification")
     assert family.label() == "transformer-multihead"
-    assert family.tags() == {"attnbench.attention": "multihead"}
+    assert family.tags() == {"attention": "multihead"}
     family, model = build(host, "rnn", {"cell": "gru"}, "seq2seq")
     assert family.label() == "rnn-gru"
-    assert family.tags() == {"attnbench.attention": "none"}
+    assert family.tags() == {"attention": "none"}
 
 
 @pytest.mark.parametrize("kind", ["classification", "span", "seq2seq", "lm"])
@@ -153,8 +153,9 @@ def test_rnn_with_attention_is_labelled_and_tagged_apart_from_the_baseline(host)
     baseline, _ = build(host, "rnn", {}, "seq2seq")
     family, model = build(host, "rnn", {"attention": "additive"}, "seq2seq")
     assert (baseline.label(), family.label()) == ("rnn-lstm", "rnn-lstm+additive")
-    assert baseline.tags() == {"attnbench.attention": "none"} and not baseline.uses_attention
-    assert family.tags() == {"attnbench.attention": "additive"} and family.uses_attention
+    assert baseline.tags() == {"attention": "none"} and not baseline.uses_attention
+    assert family.tags() == {"attention": "additive"} and family.uses_attention
+    assert baseline.is_baseline and not family.is_baseline  # compare measures rnn+attention against rnn
     attention = [m for m in model.modules() if isinstance(m, Attention)]
     assert [type(m).__name__ for m in attention] == ["AdditiveAttention"]
 

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from attnbench.cli import app
 from attnbench.errors import BadInputError
 from attnbench.plugin_host import discover
+from attnbench.run.record import CHILD_FILTER, Tag
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "attnbench-example-plugin"
 
@@ -201,9 +202,9 @@ def test_hook_register_models(plugin_dist, workdir, tracking_uri):
     assert result.exit_code == 0, result.output
     client = MlflowClient(tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("bowgrid").experiment_id],
-                              "tags.`attnbench.role` = 'child'")
+                              CHILD_FILTER)
     assert [r.info.run_name for r in runs] == ["toy/bow/s0"]
-    assert runs[0].data.tags["attnbench.family"] == "bow" and "test/accuracy" in runs[0].data.metrics
+    assert runs[0].data.tags[Tag.FAMILY] == "bow" and "test/accuracy" in runs[0].data.metrics
     # a family that cannot build the task's kind is rejected before anything trains
     write_grid(workdir / "h.yaml", """
         name: bowgrid2
@@ -211,6 +212,43 @@ def test_hook_register_models(plugin_dist, workdir, tracking_uri):
     """)
     bad = CliRunner().invoke(app, ["run", "h.yaml", "--tracking-uri", tracking_uri, "--plugin", "attnbench_test_plugins"])
     assert bad.exit_code == 2 and "grid.model[0].depth: unknown field" in bad.output
+
+
+def test_a_third_party_family_can_be_the_baseline(plugin_dist, workdir, tracking_uri):
+    """A family that declares ``is_baseline`` is logged as such and compare measures the
+    other models against it: nothing in core knows the built-in rnn is the usual baseline."""
+    from mlflow.tracking import MlflowClient
+
+    from attnbench.compare import compare_experiment
+    from attnbench.plugin_host import get_host
+    from conftest import write_grid
+
+    source = BOW_FAMILY.replace('        kinds = ("classification",)', '        kinds = ("classification",)\n        is_baseline = True')
+    plugin_dist("bow-base-dist", {"bow_baseline_family": source}, {"bow": "bow_baseline_family"})
+    write_grid(workdir / "g.yaml", """
+        name: bowbase
+        grid: {task: [toy], model: [{family: bow}, {family: transformer, attention: multihead}], seed: [0]}
+        model: {d_model: 8, n_layers: 1, n_heads: 2}
+        train: {epochs: 1, batch_size: 16, save_checkpoint: false}
+    """)
+    result = CliRunner().invoke(app, ["run", "g.yaml", "--tracking-uri", tracking_uri, "--plugin", "attnbench_test_plugins"])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("bowbase").experiment_id], CHILD_FILTER)
+    assert {r.data.tags[Tag.MODEL]: r.data.tags[Tag.BASELINE] for r in runs} == {
+        "bow": "true", "transformer-multihead": "false"}
+    [toy] = compare_experiment(client, "bowbase", host=get_host(["attnbench_test_plugins"])).tasks
+    assert toy.baseline == "bow" and toy.rows[0].model == "bow" and toy.rows[0].is_baseline
+    transformer = toy.rows[1]
+    base = toy.rows[0].metrics["test/accuracy"].mean
+    assert transformer.delta == pytest.approx(transformer.metrics["test/accuracy"].mean - base)
+    assert transformer.p_value is not None and 0 < transformer.p_value <= 1  # the toy task's declared test
+    # the command line finds the task's declared test through --plugin, as `run` found the task
+    shown = CliRunner().invoke(app, ["compare", "--experiment", "bowbase", "--format", "json", "--no-log",
+                                     "--tracking-uri", tracking_uri, "--plugin", "attnbench_test_plugins"])
+    assert shown.exit_code == 0, shown.output
+    [task] = json.loads(shown.stdout)["tasks"]
+    assert task["baseline"] == "bow" and task["rows"][1]["p_value"] == pytest.approx(transformer.p_value)
 
 
 def test_hook_register_tasks(tmp_path):

@@ -1,10 +1,12 @@
 """Long-range probe tasks (duplication, listops, reverse) and the trained-with x evaluated-with matrix."""
 
+import csv
+import io
+import json
 import math
 import re
 import shutil
 
-import mlflow
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -20,6 +22,7 @@ from attnbench.errors import BadInputError
 from attnbench.plugin_host import discover
 from attnbench.plugins.tasks import duplication, listops, reverse
 from attnbench.run.training import fit
+from attnbench.run.record import Tag
 
 from conftest import REPO, write_grid
 
@@ -319,9 +322,9 @@ def test_matrix_from_client_runs(duplication_runs):
     assert matrix.task == "duplication" and matrix.metric == "accuracy"
     assert matrix.rows == ["full", "lsh-1"]
     assert matrix.columns == [AS_TRAINED, "lsh2", "full"]  # grid order, not alphabetical
-    children = [r for r in runs if r.data.tags.get("attnbench.role") == "child"]
+    children = [r for r in runs if r.data.tags.get(Tag.ROLE) == "child"]
     for row in matrix.rows:
-        mine = [r for r in children if r.data.tags["attnbench.model"] == row]
+        mine = [r for r in children if r.data.tags[Tag.MODEL] == row]
         assert len(mine) == 2  # two seeds averaged
         for column, key in ((AS_TRAINED, "test/accuracy"), ("lsh2", "test_lsh2/accuracy"), ("full", "test_full/accuracy")):
             assert matrix.value(row, column) == pytest.approx(sum(r.data.metrics[key] for r in mine) / 2)
@@ -330,15 +333,34 @@ def test_matrix_from_client_runs(duplication_runs):
     assert "trained with" in matrix.to_markdown() and matrix.to_table().row_count == 2
 
 
-def test_matrix_from_the_fluent_dataframe_matches(duplication_runs):
+def test_the_comparison_carries_the_matrices_into_every_format(duplication_runs, tmp_path):
+    """The matrices live in the Comparison, so json, csv, markdown, --out and the parent's
+    summary/ all have them (not only the terminal table)."""
+    from attnbench.compare import compare_experiment, render
+    from attnbench.compare.report import write_report
+
     client, experiment = duplication_runs
-    mlflow.set_tracking_uri(client.tracking_uri)
-    frame = mlflow.search_runs([experiment.experiment_id])
-    [from_frame] = eval_matrices(frame)
+    comparison = compare_experiment(client, "dupgrid", with_significance=False)
+    [from_comparison] = comparison.matrices
     [from_client] = eval_matrices(client.search_runs([experiment.experiment_id]))
-    assert from_frame.rows == from_client.rows and from_frame.columns == from_client.columns
+    assert from_comparison.rows == from_client.rows and from_comparison.columns == from_client.columns
     for key, stat in from_client.cells.items():
-        assert from_frame.cells[key].mean == pytest.approx(stat.mean)
+        assert from_comparison.cells[key].mean == pytest.approx(stat.mean)
+    assert from_comparison.in_percent  # duplication declares accuracy as a fraction (scale 1)
+
+    data = json.loads(render.render(comparison, "json"))
+    [matrix] = data["matrices"]
+    assert matrix["columns"] == [AS_TRAINED, "lsh2", "full"]
+    cell = next(c for c in matrix["cells"] if c["trained_with"] == "lsh-1" and c["evaluated_with"] == "lsh2")
+    assert cell["metric"] == "test_lsh2/accuracy" and cell["mean"] == pytest.approx(from_client.value("lsh-1", "lsh2"))
+    rows = list(csv.DictReader(io.StringIO(render.render(comparison, "csv"))))
+    lsh = next(r for r in rows if r["model"] == "lsh-1")
+    assert float(lsh["test_lsh2/accuracy_mean"]) == pytest.approx(from_client.value("lsh-1", "lsh2"))
+    assert "trained with" in render.render(comparison, "markdown")
+    assert "evaluated with" in render.render(comparison, "table")
+    write_report(comparison, tmp_path)
+    assert json.loads((tmp_path / "comparison.json").read_text())["matrices"] == data["matrices"]
+    assert "trained with" in (tmp_path / "comparison.md").read_text()
 
 
 def test_no_matrix_without_evaluate_with(workdir, tracking_uri):
@@ -353,10 +375,15 @@ def test_matrix_from_compare_records(duplication_runs):
     from attnbench.compare.read import fetch_child_runs
 
     client, experiment = duplication_runs
-    [matrix] = eval_matrices(fetch_child_runs(client, experiment.experiment_id))
-    assert matrix.columns == [AS_TRAINED, "full", "lsh2"]  # no params: natural order
+    records = fetch_child_runs(client, experiment.experiment_id)
+    [matrix] = eval_matrices(records)
+    assert matrix.columns == [AS_TRAINED, "lsh2", "full"]  # grid order, from the evaluate_with param
     [reference] = eval_matrices(client.search_runs([experiment.experiment_id]))
     assert all(matrix.value(r, c) == pytest.approx(reference.value(r, c)) for r in matrix.rows for c in matrix.columns)
+    for record in records:
+        record.params = {}
+    [unordered] = eval_matrices(records)
+    assert unordered.columns == [AS_TRAINED, "full", "lsh2"]  # no evaluate_with param: natural order
 
 
 @pytest.mark.parametrize("name", ["reformer_duplication", "length_effect", "efficiency"])

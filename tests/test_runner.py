@@ -7,6 +7,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from attnbench.cli import app
+from attnbench.run.record import Tag
 
 from conftest import write_grid
 
@@ -34,8 +35,8 @@ def runs_of(uri, experiment="toygrid"):
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("attnbench.role") == "parent"]
-    children = [r for r in runs if r.data.tags.get("attnbench.role") == "child"]
+    parents = [r for r in runs if r.data.tags.get(Tag.ROLE) == "parent"]
+    children = [r for r in runs if r.data.tags.get(Tag.ROLE) == "child"]
     return client, parents, children
 
 
@@ -52,11 +53,14 @@ def test_run_logs_parent_and_nested_children_by_the_conventions(workdir, trackin
         tags, metrics, params = child.data.tags, child.data.metrics, child.data.params
         assert child.info.status == "FINISHED"
         assert tags["mlflow.parentRunId"] == parent.info.run_id
-        assert tags["attnbench.task"] == "toy" and tags["attnbench.kind"] == "classification"
-        assert tags["attnbench.primary_metric"] == "accuracy" and len(tags["attnbench.run_key"]) == 16
-        assert tags["attnbench.description"].startswith(f"task toy, model {tags['attnbench.model']} (family ")
-        assert tags["attnbench.attention"] == ("none" if tags["attnbench.family"] == "rnn" else "multihead")
-        assert params["train.lr"] == "0.003" and params["model.family"] == tags["attnbench.family"]
+        assert tags[Tag.TASK] == "toy" and tags[Tag.KIND] == "classification"
+        assert tags[Tag.PRIMARY_METRIC] == "accuracy" and len(tags[Tag.RUN_KEY]) == 16
+        assert tags[Tag.DESCRIPTION].startswith(f"task toy, model {tags[Tag.MODEL]} (family ")
+        assert tags[Tag.ATTENTION] == ("none" if tags[Tag.FAMILY] == "rnn" else "multihead")
+        # what the plugins declare: the rnn family is the baseline, the toy task logs percent
+        assert tags[Tag.BASELINE] == ("true" if tags[Tag.FAMILY] == "rnn" else "false")
+        assert tags[Tag.METRIC_SCALE] == "100"
+        assert params["train.lr"] == "0.003" and params["model.family"] == tags[Tag.FAMILY]
         for key in ("train/loss", "val/accuracy", "test/accuracy", "perf/params", "perf/train_tokens_per_s",
                     "perf/wall_s", "perf/peak_mem_mib"):
             assert key in metrics, key
@@ -115,7 +119,7 @@ def test_nan_loss_fails_the_run(workdir, tracking_uri):
     assert result.exit_code == 1
     _, _, children = runs_of(tracking_uri)
     assert all(r.info.status == "FAILED" for r in children)
-    assert "train/loss became nan" in children[0].data.tags["attnbench.error"]
+    assert "train/loss became nan" in children[0].data.tags[Tag.ERROR]
 
 
 def test_ctrl_c_marks_current_and_parent_killed_and_exits_130(workdir, tracking_uri):

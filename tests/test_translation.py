@@ -163,7 +163,7 @@ def test_a_few_training_steps_lower_the_loss(tmp_path):
 def test_rnn_seq2seq_has_no_attention(tmp_path):
     family, model = build(make_task(tmp_path), "rnn")
     assert not [m for m in model.modules() if isinstance(m, Attention)]
-    assert family.tags()["attnbench.attention"] == "none"
+    assert family.tags()["attention"] == "none"
 
 
 class NoCrossAttention(MultiHeadAttention):
@@ -185,18 +185,18 @@ def test_fallbacks_are_used_and_recorded(tmp_path):
     task = make_task(tmp_path)
 
     family, model = build(task, raw={"attention": "nocross"}, host=host)
-    assert family.tags()["attnbench.attention_fallback"] == "cross->multihead"
+    assert family.tags()["attention_fallback"] == "cross->multihead"
     block = model.blocks[0]
     assert type(block.cross_attn) is MultiHeadAttention
     assert type(block.self_attn) is NoCrossAttention
     assert type(model.encoder.blocks[0].self_attn) is NoCrossAttention
 
     family, model = build(task, raw={"attention": "nocausal"}, host=host)
-    assert family.tags()["attnbench.attention_fallback"] == "decoder_self->multihead"
+    assert family.tags()["attention_fallback"] == "decoder_self->multihead"
     assert type(model.blocks[0].self_attn) is MultiHeadAttention
 
     family, _ = build(task, raw={"attention": "multihead"}, host=host)
-    assert "attnbench.attention_fallback" not in family.tags()
+    assert "attention_fallback" not in family.tags()
 
 
 # ------------------------------------------------------------------------------------ data

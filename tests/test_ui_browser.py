@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from attnbench.run.record import Tag
+
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -141,7 +143,7 @@ def test_experiment_page_shows_child_runs_and_a_metric_column(store, ui_server, 
                 page.get_by_role("link", name=f"sentiment/{model}/seed0").wait_for()
             # Metric and tag columns are opt-in in the MLflow 3 table: add them, drop the empty ones.
             page.get_by_role("button", name="Columns").click()
-            for column in ("Dataset", "Source", "Models", METRIC, "attnbench.model"):
+            for column in ("Dataset", "Source", "Models", METRIC, Tag.MODEL):
                 page.get_by_text(column, exact=True).last.click()
             page.keyboard.press("Escape")
             page.get_by_role("columnheader", name=METRIC).first.wait_for()
@@ -162,7 +164,7 @@ def test_experiment_page_shows_child_runs_and_a_metric_column(store, ui_server, 
                 cells = page.locator(f"[role=row][row-index='{name_row.get_attribute('row-index')}'] [role=gridcell]")
                 shown = cells.and_(page.locator(f"[col-id*='{METRIC}']")).first.inner_text()
                 assert float(shown) == pytest.approx(client.get_run(run_id).data.metrics[METRIC], abs=1e-3)
-                assert cells.and_(page.locator("[col-id*='attnbench.model']")).first.inner_text() == model
+                assert cells.and_(page.locator(f"[col-id*='{Tag.MODEL}']")).first.inner_text() == model
         finally:
             browser.close()
     assert shot.stat().st_size > 10_000

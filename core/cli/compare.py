@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from typing_extensions import Annotated
 
 from ..errors import BadInputError
-from .common import DEFAULT_GRID, user_errors
+from .common import DEFAULT_GRID, PLUGIN_OPTION, user_errors
 
 
 def experiment_name_of(grid_file: Path) -> str:
@@ -37,20 +37,20 @@ def compare(
     format: Annotated[str, typer.Option("--format", "-f", help="table | markdown | csv | json")] = "table",
     out: Annotated[Optional[Path], typer.Option("--out", help="also write comparison.* and plots here")] = None,
     significance: Annotated[bool, typer.Option("--significance/--no-significance",
-                                               help="paired bootstrap tests against the rnn baseline")] = True,
+                                               help="paired tests against the no-attention baseline")] = True,
     log: Annotated[bool, typer.Option("--log/--no-log", help="attach table and plots to the parent run")] = True,
     tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="overrides mlflow.yaml")] = None,
+    plugin: Optional[List[str]] = PLUGIN_OPTION,
 ) -> None:
     """Per task: each model's test metrics (mean ± std over seeds), speed, the difference to the
-    rnn baseline with a paired significance test, and the runs that failed."""
+    no-attention baseline with a paired significance test, and the runs that failed."""
     with user_errors():
-        _compare(grid_file, experiment, run, format, out, significance, log, tracking_uri)
+        _compare(grid_file, experiment, run, format, out, significance, log, tracking_uri, plugin or [])
 
 
-def _compare(grid_file, experiment, run, format, out, significance, log, tracking_uri) -> None:
+def _compare(grid_file, experiment, run, format, out, significance, log, tracking_uri, plugins) -> None:
     # The compare stage (numpy, matplotlib for plots) loads only when the command runs.
     from ..compare import render as compare_format
-    from ..compare.matrix import eval_matrices
     from ..compare.read import find_experiment, latest_parent_run_id
     from ..compare.report import fetch_bench_series, log_report, write_report
     from ..compare.summary import compare_experiment
@@ -66,10 +66,14 @@ def _compare(grid_file, experiment, run, format, out, significance, log, trackin
                                 "or --experiment NAME")
     name = experiment or experiment_name_of(grid_file)
     client = tracking_client(tracking_uri)
-    comparison = compare_experiment(client, name, run, with_significance=significance)
+    # the tasks' plugins declare their significance tests (plugins used with `run --plugin`
+    # need the same --plugin here)
+    host = None
+    if significance:
+        from ..plugin_host import get_host
 
-    # grids with `evaluate_with` also get the trained-with x evaluated-with matrix per task
-    matrices = eval_matrices(comparison.records)
+        host = get_host(plugins)
+    comparison = compare_experiment(client, name, run, with_significance=significance, host=host)
     if format == "table":
         from rich.console import Console
 
@@ -77,13 +81,8 @@ def _compare(grid_file, experiment, run, format, out, significance, log, trackin
         if not console.is_terminal:
             console = Console(width=compare_format.WIDE_CONSOLE)
         compare_format.print_table(comparison, console)
-        for matrix in matrices:
-            console.print(matrix.to_table())
     else:
         typer.echo(compare_format.render(comparison, format), nl=False)
-        if format == "markdown":
-            for matrix in matrices:
-                typer.echo("\n" + matrix.to_markdown(), nl=False)
 
     bench = fetch_bench_series(client) if (out or log) else {}
     if out is not None:

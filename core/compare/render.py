@@ -6,9 +6,10 @@ import csv
 import io
 import json
 
-from .summary import Comparison, ModelRow, Stat, TaskSummary
 from ..errors import BadInputError
-from .significance import ALPHA
+from ..significance import ALPHA
+from .stats import Stat
+from .summary import Comparison, ModelRow, TaskSummary
 
 FORMATS = ("table", "markdown", "csv", "json")
 PERF_HEADERS = {"params": "params", "tokens_per_s": "train tok/s", "wall_s": "wall s"}
@@ -105,8 +106,8 @@ def missing_p_notes(task: TaskSummary) -> list[str]:
 
 
 def footnote(comparison: Comparison) -> str:
-    methods = sorted({t.significance_method for t in comparison.tasks})
-    text = (f"mean ± sample std over the n seeds; * p < {ALPHA} against the task's rnn baseline "
+    methods = sorted({t.significance_method for t in comparison.tasks} - {""})
+    text = (f"mean ± sample std over the n seeds; * p < {ALPHA} against the task's no-attention baseline "
             f"({'; '.join(methods) or 'no tests'}; units paired by seed and example id).")
     if comparison.superseded:
         text += f" {comparison.superseded} earlier attempt(s) superseded by a re-run were left out."
@@ -144,14 +145,21 @@ def to_markdown(comparison: Comparison) -> str:
     if not comparison.tasks:
         parts.append("No finished runs.")
     parts.append(footnote(comparison))
+    parts.extend(matrix.to_markdown() for matrix in comparison.matrices)
     parts.append("## Failed, killed or unfinished runs (not averaged)")
     parts.append(table(UNFINISHED_HEADER, unfinished_rows(comparison)) if comparison.unfinished else "None.")
     return "\n\n".join(parts) + "\n"
 
 
 def to_csv(comparison: Comparison) -> str:
-    """One row per (task, model); metric columns are the union over tasks (empty where absent)."""
-    metric_names = sorted({m for t in comparison.tasks for m in t.metric_names()})
+    """One row per (task, model); metric columns are the union over tasks (empty where absent).
+
+    Grids with ``evaluate_with`` add their matrices' cells as metric columns of the row of
+    the model trained that way: ``test_<evaluation>/<metric>_mean`` / ``_std``."""
+    matrix_cells = {(m.task, row, m.metric_key(column)): stat for m in comparison.matrices
+                    for (row, column), stat in m.cells.items() if column != m.columns[0]}
+    metric_names = sorted({m for t in comparison.tasks for m in t.metric_names()}
+                          | {key for _, _, key in matrix_cells})
     header = ["task", "kind", "model", "family", "attention", "is_baseline", "n", "seeds",
               "primary_metric", "greater_is_better"]
     for m in metric_names:
@@ -165,7 +173,7 @@ def to_csv(comparison: Comparison) -> str:
             cells = [task.task, task.kind, row.model, row.family, row.attention, row.is_baseline, row.n,
                      " ".join(map(str, row.seeds)), task.primary_metric, task.greater_is_better]
             for m in metric_names:
-                s = row.metrics.get(m)
+                s = row.metrics.get(m) or matrix_cells.get((task.task, row.model, m))
                 cells += [s.mean if s else "", s.std if s and s.std is not None else ""]
             cells += [row.perf[k].mean if k in row.perf else "" for k in PERF_HEADERS]
             cells += [task.baseline or "", "" if row.delta is None else row.delta,
@@ -209,6 +217,8 @@ def print_table(comparison: Comparison, console=None) -> None:
     if not comparison.tasks:
         console.print("No finished runs.")
     console.print(footnote(comparison), style="dim")
+    for matrix in comparison.matrices:
+        console.print(matrix.to_table())
     if comparison.unfinished:
         table = Table(title="Failed, killed or unfinished runs (not averaged)", title_justify="left")
         for h in UNFINISHED_HEADER:

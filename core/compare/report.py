@@ -75,16 +75,17 @@ def log_report(client, parent_run_id: str, comparison: Comparison, bench_series:
 
 
 def summarize_grid_to_parent(client, experiment_id: str, parent_run_id: str,
-                             with_significance: bool = True) -> Comparison:
+                             with_significance: bool = True, host=None) -> Comparison:
     """Summarise the grid's experiment and log the table and plots on ``parent_run_id``.
 
     The runner calls this at the end of ``attnbench run``. The whole experiment is
     summarised, not only this invocation's children: a re-run skips pairings that already
     finished, and the parent should still show the full grid (slots are deduplicated, see
-    :func:`select_attempts`). Files go to the parent's ``summary/`` artifact folder."""
+    :func:`select_attempts`). Files go to the parent's ``summary/`` artifact folder. ``host``:
+    the plugins the grid ran with (their tasks declare the significance tests)."""
     experiment = client.get_experiment(experiment_id).name
     records = fetch_child_runs(client, experiment_id)
     comparison = summarize(records, experiment=experiment, parent_run_id=parent_run_id,
-                           client=client, with_significance=with_significance)
+                           client=client, with_significance=with_significance, host=host)
     log_report(client, parent_run_id, comparison, fetch_bench_series(client))
     return comparison

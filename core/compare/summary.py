@@ -1,10 +1,12 @@
 """Summarise a grid's child runs per task.
 
-Models are
-summarised as mean ± sample std over seeds (with n), compared with the task's rnn baseline
-(family ``rnn``; with several rnn models, the best one, so a claimed gain is a gain over the
-strongest baseline), and tested for significance on the saved predictions. Runs that did
-not finish are listed separately and never enter a mean.
+Models are summarised as mean ± sample std over seeds (with n), compared with the task's
+baseline (a model whose family declared itself a no-attention baseline, ``Tag.BASELINE``;
+with several, the best one, so a claimed gain is a gain over the strongest baseline), and
+tested for significance on the saved predictions with the test the task declares
+(``Task.significance``, looked up through the plugin host). Runs that did not finish are
+listed separately and never enter a mean. Grids with ``evaluate_with`` also get their
+trained-with x evaluated-with matrices (:mod:`.matrix`).
 """
 
 from __future__ import annotations
@@ -13,32 +15,14 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
-
-from ..errors import BadInputError
-from ..run.record import PERF, RunRecord
-from . import significance
+from .. import significance
+from ..run.record import PERF, TEST, RunRecord
+from .matrix import EvalMatrix, matrices_of
 from .read import fetch_child_runs, find_experiment, read_predictions, select_attempts
+from .stats import Stat
 
 PERF_COLUMNS = {name: PERF[name] for name in ("params", "tokens_per_s", "wall_s")}
 BUCKET_METRIC = re.compile(r"^test/(?P<metric>[a-z0-9]+)_len_(?P<lo>\d+)_(?P<hi>\d+|inf)$")
-
-
-@dataclass
-class Stat:
-    """Mean and sample standard deviation over seeds (std is None for a single seed)."""
-
-    mean: float
-    std: float | None
-    n: int
-
-    @classmethod
-    def of(cls, values: list[float]) -> "Stat | None":
-        values = [v for v in values if v is not None and not math.isnan(v)]
-        if not values:
-            return None
-        arr = np.asarray(values, dtype=np.float64)
-        return cls(float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else None, int(arr.size))
 
 
 @dataclass
@@ -53,7 +37,8 @@ class ModelRow:
     metrics: dict[str, Stat]
     perf: dict[str, Stat]
     buckets: dict[str, Stat] = field(default_factory=dict)  # e.g. test/bleu_len_1_10
-    is_baseline: bool = False
+    baseline_family: bool = False  # its family declared itself a no-attention baseline
+    is_baseline: bool = False  # the row the task's deltas and tests are measured against
     delta: float | None = None
     p_value: float | None = None
     significant: bool | None = None
@@ -67,6 +52,7 @@ class TaskSummary:
     kind: str
     primary_metric: str
     greater_is_better: bool
+    metric_scale: float | None
     baseline: str | None
     significance_method: str
     rows: list[ModelRow]
@@ -76,7 +62,7 @@ class TaskSummary:
         breakdowns of the primary metric (``<primary>_*``: per length bucket, per construction),
         which would not fit a terminal."""
         names = {m for row in self.rows for m in row.metrics}
-        primary = f"test/{self.primary_metric}"
+        primary = TEST + self.primary_metric
         rest = sorted(n for n in names if n != primary)
         if headline:
             rest = [n for n in rest if not n.startswith(primary + "_")]
@@ -93,12 +79,14 @@ class Comparison:
     unfinished: list[RunRecord]
     superseded: int = 0
     records: list[RunRecord] = field(default_factory=list, repr=False)  # every child run read
+    matrices: list[EvalMatrix] = field(default_factory=list)  # grids with evaluate_with
 
     def to_dict(self) -> dict:
         return {
             "experiment": self.experiment,
             "parent_run_id": self.parent_run_id,
             "tasks": [asdict(t) for t in self.tasks],
+            "matrices": [m.to_dict() for m in self.matrices],
             "unfinished": [_unfinished_dict(r) for r in self.unfinished],
             "superseded_attempts": self.superseded,
             "alpha": significance.ALPHA,
@@ -111,35 +99,43 @@ def _unfinished_dict(r: RunRecord) -> dict:
 
 
 def _aggregate(model: str, runs: list[RunRecord]) -> ModelRow:
-    names = {m for r in runs for m in r.metrics if m.startswith("test/")}
+    names = {m for r in runs for m in r.metrics if m.startswith(TEST)}
     stats = {m: s for m in sorted(names) if (s := Stat.of([r.metrics.get(m) for r in runs])) is not None}
     metrics = {m: s for m, s in stats.items() if not BUCKET_METRIC.match(m)}
     buckets = {m: s for m, s in stats.items() if BUCKET_METRIC.match(m)}
     perf = {k: s for k, m in PERF_COLUMNS.items() if (s := Stat.of([r.metrics.get(m) for r in runs])) is not None}
     return ModelRow(
         model=model, family=runs[0].family, attention=runs[0].attention, n=len(runs),
+        baseline_family=runs[0].baseline,
         seeds=sorted(r.seed for r in runs if r.seed is not None), metrics=metrics, perf=perf, buckets=buckets,
         run_ids=[r.run_id for r in runs],
     )
 
 
-def _significance(task: TaskSummary, groups: dict[str, list[RunRecord]], client, with_tests: bool) -> None:
+def declared_test(host, task: str) -> significance.SignificanceTest | None:
+    """The significance test the task plugin declares, or None (not installed, or no test)."""
+    if host is None or task not in host.task:
+        return None
+    return host.task.get(task).factory.significance
+
+
+def _significance(task: TaskSummary, test: significance.SignificanceTest | None, installed: bool,
+                  groups: dict[str, list[RunRecord]], client, with_tests: bool) -> None:
     baseline_row = next((r for r in task.rows if r.is_baseline), None)
     if baseline_row is None:
         for row in task.rows:
-            row.significance_note = "no rnn baseline in this task"
+            row.significance_note = "no baseline in this task (no family declared is_baseline)"
         return
     others = [row for row in task.rows if row is not baseline_row]
     if not with_tests:
         for row in others:
             row.significance_note = "not computed (--no-significance)"
         return
-    metric = task.primary_metric
-    scorer = significance.example_scorer(task.kind, metric)
-    is_corpus_bleu = task.kind == "seq2seq" and metric in ("bleu", "chrf")
-    if scorer is None and not is_corpus_bleu:
+    if test is None:
+        note = (f"the {task.task} task declares no significance test for {task.primary_metric}" if installed
+                else f"task plugin {task.task!r} is not installed here, so its significance test is unknown")
         for row in others:
-            row.significance_note = f"no per-example score for {task.kind}/{metric}"
+            row.significance_note = note
         return
 
     def by_seed(runs):
@@ -158,10 +154,7 @@ def _significance(task: TaskSummary, groups: dict[str, list[RunRecord]], client,
             samples[row.model] = sample
         else:
             row.significance_note = "no predictions paired with the baseline (same seed and example id)"
-    if is_corpus_bleu:
-        p_values = significance.sacrebleu_paired_bs(samples, metric) if samples else {}
-    else:
-        p_values = {name: significance.paired_bootstrap(s, scorer) for name, s in samples.items()}
+    p_values = test.p_values(samples) if samples else {}
     for row in others:
         if row.model in p_values:
             row.p_value = p_values[row.model]
@@ -170,9 +163,16 @@ def _significance(task: TaskSummary, groups: dict[str, list[RunRecord]], client,
 
 
 def summarize(records: list[RunRecord], *, experiment: str, parent_run_id: str | None = None,
-              client=None, with_significance: bool = True) -> Comparison:
-    """Aggregate child runs into a :class:`Comparison` (see the module docstring)."""
+              client=None, with_significance: bool = True, host=None) -> Comparison:
+    """Aggregate child runs into a :class:`Comparison` (see the module docstring).
+
+    ``host``: the PluginHost whose tasks declare the significance tests; by default the
+    discovered plugins (loaded only when a test is to run)."""
     finished, unfinished, superseded = select_attempts(records)
+    if with_significance and host is None and finished:
+        from ..plugin_host import get_host
+
+        host = get_host()
     by_task: dict[str, dict[str, list[RunRecord]]] = {}
     for r in finished:
         by_task.setdefault(r.task, {}).setdefault(r.model, []).append(r)
@@ -182,7 +182,7 @@ def summarize(records: list[RunRecord], *, experiment: str, parent_run_id: str |
         first = next(iter(groups.values()))[0]
         primary, better = first.primary_metric, first.greater_is_better
         rows = [_aggregate(model, runs) for model, runs in groups.items()]
-        key = f"test/{primary}"
+        key = TEST + primary
 
         def quality(row, _key=key, _better=better):
             stat = row.metrics.get(_key)
@@ -190,8 +190,8 @@ def summarize(records: list[RunRecord], *, experiment: str, parent_run_id: str |
                 return -math.inf
             return stat.mean if _better else -stat.mean
 
-        rnn_rows = [row for row in rows if row.family == "rnn"]
-        baseline = max(rnn_rows, key=quality) if rnn_rows else None
+        candidates = [row for row in rows if row.baseline_family]
+        baseline = max(candidates, key=quality) if candidates else None
         if baseline is not None:
             baseline.is_baseline = True
             base_stat = baseline.metrics.get(key)
@@ -200,19 +200,18 @@ def summarize(records: list[RunRecord], *, experiment: str, parent_run_id: str |
                 if row is not baseline and stat is not None and base_stat is not None:
                     row.delta = stat.mean - base_stat.mean
         rows.sort(key=lambda row: (not row.is_baseline, -quality(row), row.model))
-        method = ("sacrebleu paired bootstrap (PairedTest, bs)" if first.kind == "seq2seq"
-                  else "paired bootstrap over per-example scores")
-        summary = TaskSummary(task_name, first.kind, primary, better,
-                              baseline.model if baseline else None, method, rows)
-        _significance(summary, groups, client, with_significance)
+        test = declared_test(host, task_name)
+        summary = TaskSummary(task_name, first.kind, primary, better, first.metric_scale,
+                              baseline.model if baseline else None, test.method if test else "", rows)
+        _significance(summary, test, host is not None and task_name in host.task, groups, client, with_significance)
         tasks.append(summary)
-    return Comparison(experiment, parent_run_id, tasks, unfinished, superseded, records)
+    return Comparison(experiment, parent_run_id, tasks, unfinished, superseded, records, matrices_of(finished))
 
 
 def compare_experiment(client, experiment_name: str, parent_run_id: str | None = None,
-                       with_significance: bool = True) -> Comparison:
+                       with_significance: bool = True, host=None) -> Comparison:
     """Fetch and summarise one experiment (optionally one parent run of it)."""
     exp = find_experiment(client, experiment_name)
     records = fetch_child_runs(client, exp.experiment_id, parent_run_id)
     return summarize(records, experiment=experiment_name, parent_run_id=parent_run_id,
-                     client=client, with_significance=with_significance)
+                     client=client, with_significance=with_significance, host=host)

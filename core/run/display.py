@@ -23,7 +23,9 @@ class BarDisplay:
     def __init__(self, console: Console, total: int):
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=console)
+                                 # 4 redraws a second, not rich's 10: each redraw holds the GIL ~2 ms,
+                                 # time a 1-thread training loop would lose (benchmarks/bench_overhead.py)
+                                 console=console, refresh_per_second=4)
         self.grid = self.progress.add_task("grid", total=total, info="")
         self.bars: dict[int, int] = {}
 

@@ -20,10 +20,12 @@ from mlflow.entities import Metric, Param, RunTag
 
 from ..config import RunSpec
 from ..config.eval_override import attention_options_override
+from ..phases import DATA, EVAL, PICTURES, TRACKING, PhaseClock, TimedCalls, phase
 from ..plugin_host import PluginHost
 from ..tasks import Task
 from . import record
 from .record import PERF, Tag
+from .timings import phase_metrics
 from .training import NonFiniteLossError, count_parameters, evaluate_split, fit, planned_steps, select_device, seed_everything
 
 # report(kind, value): "total" (planned steps), "step" ((step, loss)), "phase" (text), "note" (a line to print)
@@ -63,7 +65,9 @@ class PairingTrainer:
     """Trains pairings of one grid in one process; prepared tasks are shared between them."""
 
     def __init__(self, client, host: PluginHost, *, cache_dir: Path, device: str | None = None):
-        self.client, self.host, self.cache_dir, self.device_override = client, host, cache_dir, device
+        # every client call inside a pairing counts as its "tracking" phase
+        self.client = TimedCalls(client, TRACKING)
+        self.host, self.cache_dir, self.device_override = host, cache_dir, device
         self._tasks: dict[str, Task | BaseException] = {}
 
     def child_tags(self, spec: RunSpec, parent_id: str) -> dict[str, str]:
@@ -75,10 +79,15 @@ class PairingTrainer:
             parent_run_id=parent_id, grid=spec.grid_name, task=spec.task, kind=task_cls.kind,
             family=spec.family, model=spec.model_label, seed=spec.seed, run_key=spec.run_key,
             primary_metric=task_cls.primary_metric, greater_is_better=task_cls.greater_is_better,
-            description=spec.description, extra=family.tags())
+            description=spec.description, metric_scale=task_cls.metric_scale, baseline=family.is_baseline,
+            extra=family.tags())
         return tags | record.provenance_tags(provenance_for(spec, self.host))
 
     def train(self, spec: RunSpec, run_id: str, report: Report) -> PairingOutcome:
+        with PhaseClock().current() as clock:
+            return self._train(spec, run_id, report, clock)
+
+    def _train(self, spec: RunSpec, run_id: str, report: Report, clock: PhaseClock) -> PairingOutcome:
         client = self.client
         family = self.host.model.get(spec.family).factory(spec.family_options)
         buffer = MetricBuffer(client, run_id)
@@ -86,8 +95,9 @@ class PairingTrainer:
         report("phase", "preparing data")
         try:
             client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in spec.params().items()])
-            task = self._task_for(spec)
-            io = task.prepare()
+            with phase(DATA):
+                task = self._task_for(spec)
+                io = task.prepare()
             seed_everything(spec.seed)  # model initialisation depends on the seed only
             model = family.build(io, spec.dims, self.host)
             # again after build: families record attention fallbacks while building
@@ -113,6 +123,7 @@ class PairingTrainer:
             if spec.train.save_checkpoint:
                 self._log_checkpoint(run_id, model)
             client.log_batch(run_id, tags=[RunTag(Tag.DEVICE, device.type)])
+            self._log_phases(buffer, clock, result.steps)
             client.set_terminated(run_id, "FINISHED")
             return PairingOutcome(spec, "FINISHED", run_id, dict(buffer.latest))
         except KeyboardInterrupt:
@@ -120,7 +131,7 @@ class PairingTrainer:
             _quietly(lambda: client.set_terminated(run_id, "KILLED"))
             raise
         except Exception as exc:
-            buffer.flush()
+            self._log_phases(buffer, clock, 0)
             client.log_text(run_id, traceback.format_exc(), record.TRACEBACK)
             message = str(exc) if isinstance(exc, NonFiniteLossError) else f"{type(exc).__name__}: {exc}"
             client.set_tag(run_id, Tag.ERROR, message[:5000])
@@ -166,7 +177,8 @@ class PairingTrainer:
     def _evaluate_override(self, run_id, task, model, spec, device, override, buffer) -> None:
         """Evaluate the test split again with changed attention options: ``test_<name>/<metric>``."""
         with attention_options_override(model, override.attention_options) as changed:
-            evaluation = evaluate_split(task, model, "test", spec.train, device)
+            with phase(EVAL):
+                evaluation = evaluate_split(task, model, "test", spec.train, device)
         for name, value in evaluation.metrics.items():
             buffer.log(record.override_prefix(override.name) + name, float(value), 0)
         buffer.log(record.override_prefix(override.name) + "attention_modules_changed", changed, 0)
@@ -177,9 +189,17 @@ class PairingTrainer:
         try:
             from .pictures import log_run_pictures  # matplotlib: imported when the first run ends
 
-            log_run_pictures(self.client, run_id, task, model, result)
+            with phase(PICTURES):
+                log_run_pictures(self.client, run_id, task, model, result)
         except Exception as exc:
             report("note", f"[yellow]warning: pictures for run {run_id[:8]} failed: {type(exc).__name__}: {exc}[/yellow]")
+
+    @staticmethod
+    def _log_phases(buffer: MetricBuffer, clock: PhaseClock, step: int) -> None:
+        """Seconds per phase (perf/phase/*): the last write, so that nearly all tracking is in it."""
+        for name, seconds in phase_metrics(clock).items():
+            buffer.log(name, seconds, step)
+        buffer.flush()
 
     def _log_checkpoint(self, run_id: str, model: torch.nn.Module) -> None:
         with tempfile.TemporaryDirectory() as tmp:

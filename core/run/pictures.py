@@ -1,4 +1,4 @@
-"""Pictures of one run (matplotlib, PNG): training curves and attention maps.
+"""Pictures of one run (matplotlib, PNG): training curves, attention maps, head statistics.
 
 Figures are built with ``matplotlib.figure.Figure`` (Agg canvas, no pyplot state), so they
 work headless and in threads. Every function returns a Figure; :func:`save_png` writes one.
@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from .record import PICTURES_DIR
+from .record import HEAD_STATS_PICTURE, HEADS_TABLE, PICTURES_DIR, Tag
 
 DPI = 90
 MAX_PANEL_INCHES = 3.5  # a 6-layer x 4-head grid stays a readable, quick-to-save PNG
@@ -24,7 +24,10 @@ def save_png(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as PNG (creating the folder) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=DPI, bbox_inches="tight")
+    # a constrained layout already fits the figure; "tight" would draw it a second time to crop
+    # (measured: a third of the save time of an attention-map grid)
+    tight = None if fig.get_layout_engine() is not None else "tight"
+    fig.savefig(path, format="png", dpi=DPI, bbox_inches=tight)
     return path
 
 
@@ -129,40 +132,38 @@ def training_curves_figure(history: Mapping[str, Sequence], *, title: str | None
 
 
 def attention_pictures(task, model) -> list[Figure]:
-    """Attention maps of the task's fixed examples, or [] for variants that return no weights.
+    """Attention maps of the task's fixed examples, or [] for variants that return no weights."""
+    from .head_stats import collect
 
-    The forward pass is ``task.loss`` in eval mode: it feeds every input the model kind needs
-    (encoder, decoder and cross-attention included) without knowing the batch layout."""
-    import torch
-
-    from ..attention import capture_attention_maps
-
-    figures = []
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        for i, (tokens, batch) in enumerate(task.attention_examples(N_ATTENTION_EXAMPLES)):
-            with torch.no_grad(), capture_attention_maps(model) as maps:
-                task.loss(model, batch.to(device))
-            if maps:
-                figures.append(attention_map_figure(maps, tokens, title=f"example {i}"))
-    finally:
-        model.train(was_training)
-    return figures
+    _, drawn = collect(task, model, n_examples=0, keep_maps=N_ATTENTION_EXAMPLES)
+    return [attention_map_figure(maps, tokens, title=f"example {i}") for i, (tokens, maps) in enumerate(drawn)]
 
 
 def log_run_pictures(client, run_id: str, task, model, result) -> list[str]:
-    """Log one run's pictures under ``pictures/``: training curves (from ``result.history``)
-    and attention maps of a few fixed examples. Returns the artifact paths."""
+    """Log one run's pictures under ``pictures/``: training curves (from ``result.history``),
+    attention maps of a few fixed examples, and the head statistics (metrics ``heads/*``,
+    ``heads.csv`` and their heatmap) from the same forward passes. Returns the picture paths."""
     import tempfile
+    import time
+
+    from mlflow.entities import Metric, RunTag
+
+    from . import head_stats
 
     figures: dict[str, Figure] = {}
     history = getattr(result, "history", None) or {}
     if any(k.startswith(("train/", "val/")) for k in history):
         figures["training_curves.png"] = training_curves_figure(history)
-    for i, fig in enumerate(attention_pictures(task, model)):
-        figures[f"attention_example{i}.png"] = fig
+    stats, drawn = head_stats.collect(task, model, keep_maps=N_ATTENTION_EXAMPLES)
+    for i, (tokens, maps) in enumerate(drawn):
+        figures[f"attention_example{i}.png"] = attention_map_figure(maps, tokens, title=f"example {i}")
+    if stats:
+        figures[HEAD_STATS_PICTURE] = head_stats.head_stats_figure(stats, title=f"heads on {head_stats.N_EXAMPLES} fixed examples")
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in head_stats.as_metrics(stats).items()])
+        client.log_text(run_id, head_stats.as_csv(stats), HEADS_TABLE)
+    elif task.attention_examples(1):  # the task has examples, so the model recorded no maps
+        client.log_batch(run_id, tags=[RunTag(Tag.HEAD_STATS, head_stats.skipped_note(model))])
     with tempfile.TemporaryDirectory() as tmp:
         for name, fig in figures.items():
             save_png(fig, Path(tmp) / name)

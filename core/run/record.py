@@ -7,12 +7,15 @@ MLflow run into a :class:`RunRecord` with :func:`RunRecord.from_mlflow`. Nobody 
 
 A child run holds:
 
-- tags: :class:`Tag` (task, family, model, seed, run_key, ...), ``mlflow.parentRunId``;
+- tags: :class:`Tag` (task, family, model, seed, run_key, ...), ``mlflow.parentRunId``; what
+  the plugins declare is a tag too (the task's primary metric, direction and scale, whether
+  the family is a no-attention baseline), so compare reads it from the run alone;
 - params: the resolved grid config, flattened (``model.attention``, ``train.lr``, ...);
 - metrics by prefix: ``train/`` per step, ``val/`` per epoch, ``test/`` at the end,
-  ``test_<override>/`` for ``evaluate_with`` re-evaluations, ``perf/`` (see :data:`PERF`);
+  ``test_<override>/`` for ``evaluate_with`` re-evaluations, ``perf/`` (see :data:`PERF`;
+  seconds per phase under :data:`PHASE_PREFIX`), ``heads/`` (see :func:`head_metric`);
 - artifacts: :data:`PREDICTIONS`, :data:`TRACEBACK` (FAILED runs), :data:`CHECKPOINT`,
-  pictures under :data:`PICTURES_DIR`.
+  :data:`HEADS_TABLE`, pictures under :data:`PICTURES_DIR`.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ class Tag:
     RUN_KEY = PREFIX + "run_key"  # hash of the resolved config: a FINISHED key is never retrained
     PRIMARY_METRIC = PREFIX + "primary_metric"
     GREATER_IS_BETTER = PREFIX + "greater_is_better"
+    METRIC_SCALE = PREFIX + "metric_scale"  # best possible primary metric: 1 (fractions) or 100 (BLEU, F1)
+    BASELINE = PREFIX + "baseline"  # "true" when the family declared itself a no-attention baseline
     DEVICE = PREFIX + "device"
     ERROR = PREFIX + "error"  # one-line reason on FAILED runs
     # Claims (core/run/claims.py): a RUNNING run is a claim on its run_key while its heartbeat is fresh.
@@ -63,6 +68,7 @@ def claim_lost_to(run_id: str) -> str:
 def provenance_tags(provenance: dict[str, str]) -> dict[str, str]:
     """``{"task": "attnbench 0.1.0", ...}`` -> ``{"attnbench.provided_by.task": ...}``."""
     return {Tag.PROVIDED_BY + part: text for part, text in provenance.items()}
+    HEAD_STATS = PREFIX + "head_stats"  # why a run has no head statistics (variant returns no weights)
 
 
 ROLE_PARENT = "parent"
@@ -79,7 +85,30 @@ PERF = {
     "train_s": "perf/train_s",
     "peak_mem_mib": "perf/peak_mem_mib",
     "steps": "perf/steps",
+    "pairing_s": "perf/pairing_s",  # the whole pairing: the sum of its phases
 }
+PHASE_PREFIX = "perf/phase/"  # perf/phase/<phase>_s: data, tokenizer, train, eval, pictures, tracking, other
+
+
+def phase_metric(phase: str) -> str:
+    """Seconds a pairing spent in ``phase`` (exclusive: nested phases are not counted twice)."""
+    return f"{PHASE_PREFIX}{phase}_s"
+
+
+def phase_of(metric: str) -> str | None:
+    """The phase a :func:`phase_metric` name holds, else None."""
+    if metric.startswith(PHASE_PREFIX) and metric.endswith("_s"):
+        return metric[len(PHASE_PREFIX):-2]
+    return None
+
+
+# Head statistics: heads/<attention module>/h<head>/<statistic>, one value per run.
+HEADS_PREFIX = "heads/"
+HEAD_STATISTICS = ("distance", "entropy", "first_token")
+
+
+def head_metric(module: str, head: int, statistic: str) -> str:
+    return f"{HEADS_PREFIX}{module}/h{head}/{statistic}"
 
 # Artifact names.
 PREDICTIONS = "predictions.jsonl"
@@ -87,6 +116,8 @@ TRACEBACK = "traceback.txt"
 GRID_FILE = "grid.yaml"
 CHECKPOINT = "checkpoint"  # folder holding model.pt
 PICTURES_DIR = "pictures"
+HEADS_TABLE = "heads.csv"  # one row per attention module and head
+HEAD_STATS_PICTURE = "head_stats.png"  # under PICTURES_DIR
 
 
 def tag(name: str) -> str:
@@ -113,19 +144,28 @@ def run_key_filter(run_key: str) -> str:
 
 def child_tags(*, parent_run_id: str, grid: str, task: str, kind: str, family: str, model: str,
                seed: int, run_key: str, primary_metric: str, greater_is_better: bool,
-               attention: str = "none", description: str = "",
-               extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The tags of a child run; ``extra`` holds a family's own (short or full) tag names."""
+               attention: str = "none", description: str = "", metric_scale: float | None = None,
+               baseline: bool = False, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The tags of a child run; ``extra`` holds a family's own (short or full) tag names.
+
+    ``metric_scale`` and ``greater_is_better`` come from the task, ``baseline`` from the model
+    family (``ModelFamily.is_baseline``): compare reads them instead of guessing from names."""
     tags = {
         Tag.ROLE: ROLE_CHILD, Tag.GRID: grid, Tag.TASK: task, Tag.KIND: kind, Tag.FAMILY: family,
         Tag.MODEL: model, Tag.SEED: str(seed), Tag.RUN_KEY: run_key, Tag.PRIMARY_METRIC: primary_metric,
-        Tag.GREATER_IS_BETTER: str(bool(greater_is_better)).lower(), Tag.ATTENTION: attention,
-        PARENT_RUN_ID: parent_run_id,
+        Tag.GREATER_IS_BETTER: _flag(greater_is_better), Tag.ATTENTION: attention,
+        Tag.BASELINE: _flag(baseline), PARENT_RUN_ID: parent_run_id,
     }
     if description:
         tags[Tag.DESCRIPTION] = description
+    if metric_scale is not None:
+        tags[Tag.METRIC_SCALE] = f"{float(metric_scale):g}"
     tags.update({tag(k): str(v) for k, v in (extra or {}).items()})
     return tags
+
+
+def _flag(value: bool) -> str:
+    return str(bool(value)).lower()
 
 
 @dataclass
@@ -150,6 +190,9 @@ class RunRecord:
     start_time: int = 0
     error: str = ""  # the runner's Tag.ERROR on FAILED runs
     tags: dict[str, str] = field(default_factory=dict, repr=False)
+    params: dict[str, str] = field(default_factory=dict, repr=False)  # the resolved config, flattened
+    baseline: bool = False  # the family is a no-attention baseline (Tag.BASELINE)
+    metric_scale: float | None = None  # Tag.METRIC_SCALE; None for runs logged before it existed
 
     @classmethod
     def from_mlflow(cls, run) -> "RunRecord":
@@ -175,8 +218,19 @@ class RunRecord:
             start_time=run.info.start_time or 0,
             error=tags.get(Tag.ERROR, ""),
             tags=dict(tags),
+            params=dict(run.data.params),
+            # runs logged before Tag.BASELINE existed: a family without attention was the baseline
+            baseline=(tags[Tag.BASELINE] == "true" if Tag.BASELINE in tags else tags.get(Tag.ATTENTION) == "none"),
+            metric_scale=_float_or_none(tags.get(Tag.METRIC_SCALE)),
         )
 
     @property
     def is_child(self) -> bool:
         return self.tags.get(Tag.ROLE, ROLE_CHILD) == ROLE_CHILD
+
+
+def _float_or_none(text: str | None) -> float | None:
+    try:
+        return float(text) if text not in (None, "") else None
+    except ValueError:
+        return None

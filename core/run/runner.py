@@ -27,6 +27,7 @@ from . import claims, record
 from .display import make_display
 from .pairing import PairingOutcome
 from .record import PERF, Tag
+from .timings import phase_line
 from .tracking import check_artifact_root_writable, check_store, get_or_create_experiment, open_client, store_lock
 from .worker import GridJob, UnitResult, Worker, default_threads
 
@@ -218,8 +219,10 @@ class GridRunner:
         primary = self.host.task.get(outcome.spec.task).factory.primary_metric
         value = outcome.metrics.get(record.TEST + primary)
         quality = f"{primary} {value:.4g}" if value is not None else outcome.error[:120]
-        wall = outcome.metrics.get(PERF["wall_s"])
+        wall = outcome.metrics.get(PERF["pairing_s"], outcome.metrics.get(PERF["wall_s"]))
         took = f" ({wall:.0f} s)" if wall is not None else ""
+        phases = phase_line(outcome.metrics)
+        took += f"\n    {phases}" if phases else ""
         colour = "green" if outcome.status == "FINISHED" else "red"
         self.console.print(f"[{done}/{len(self.specs)}] {outcome.spec.run_name}: "
                            f"[{colour}]{outcome.status.lower()}[/{colour}] {quality}{took}", highlight=False)

@@ -30,7 +30,6 @@ class TrackingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tracking_uri: str = "sqlite:///mlflow.db"
     artifact_location: str = "./mlartifacts"
-    experiment: str = "attnbench"
     ui: UIConfig = Field(default_factory=UIConfig)
 
 

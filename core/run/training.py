@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..config.experiment import TrainConfig
+from ..phases import EVAL, TRAIN as TRAIN_PHASE, phase
 from ..tasks import Evaluation, Task
 from .record import TEST, TRAIN, VAL
 
@@ -63,6 +64,35 @@ def current_rss_mib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class LossReadback:
+    """Training losses, read back from the device once per logged step instead of every step.
+
+    On CUDA each ``.item()`` makes the CPU wait for the GPU, so the loop loses its lead over
+    the kernels; reading a stack of pending losses at once costs one wait. Every loss is still
+    checked: the first non-finite one fails the run with its own step number."""
+
+    def __init__(self) -> None:
+        self.pending: list[torch.Tensor] = []
+        self.last = math.nan  # the latest loss read back (for the progress line)
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.pending.append(loss.detach())
+
+    def read(self, step: int, epoch: int) -> float:
+        """The loss of ``step`` (the latest added); raises on any non-finite pending loss."""
+        if not self.pending:
+            return self.last
+        values = torch.stack(self.pending).float().tolist()
+        first_step = step - len(values) + 1
+        self.pending.clear()
+        for offset, value in enumerate(values):
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"train/loss became {value} at step {first_step + offset} (epoch {epoch}); "
+                                         "try a lower train.lr")
+        self.last = values[-1]
+        return self.last
+
+
 @dataclass
 class FitResult:
     steps: int = 0
@@ -84,10 +114,15 @@ def planned_steps(task: Task, cfg: TrainConfig) -> int:
 
 
 def evaluate_split(task: Task, model: torch.nn.Module, split: str, cfg: TrainConfig, device: torch.device) -> Evaluation:
-    """Evaluate ``model`` on a whole split, in eval mode and without gradients."""
+    """Evaluate ``model`` on a whole split, in eval mode and without gradients; the model's
+    mode is restored afterwards. The only place that switches modes around ``Task.evaluate``."""
+    was_training = model.training
     model.eval()
-    with torch.no_grad(), autocast_for(device, cfg.amp):
-        return task.evaluate(model, split, batch_size=cfg.eval_batch_size or 2 * cfg.batch_size, device=device)
+    try:
+        with torch.no_grad(), autocast_for(device, cfg.amp):
+            return task.evaluate(model, split, batch_size=cfg.eval_batch_size or 2 * cfg.batch_size, device=device)
+    finally:
+        model.train(was_training)
 
 
 def fit(
@@ -121,38 +156,40 @@ def fit(
 
     def evaluate(split: str, step: int, epoch: int | None) -> Evaluation:
         on_phase(f"evaluating {split}")
-        evaluation = evaluate_split(task, model, split, cfg, device)
+        with phase(EVAL):
+            evaluation = evaluate_split(task, model, split, cfg, device)
         prefix = VAL if split == "validation" else TEST
         for name, value in evaluation.metrics.items():
             record(prefix + name, float(value), epoch if epoch is not None else step)
         return evaluation
 
     step = 0
+    losses = LossReadback()
     for epoch in range(1, cfg.epochs + 1):
         on_phase(f"epoch {epoch}/{cfg.epochs}")
         model.train()
         started = time.perf_counter()
-        for batch in task.batches("train", cfg.batch_size, shuffle=True, generator=generator):
-            batch = batch.to(device)
-            with autocast_for(device, cfg.amp):
-                loss = task.loss(model, batch)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise NonFiniteLossError(f"train/loss became {value} at step {step + 1} (epoch {epoch}); try a lower train.lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            schedule.step()
-            step += 1
-            result.train_tokens += batch.n_tokens
-            if step % cfg.log_every == 0 or step == 1:
-                record(TRAIN + "loss", value, step)
-                result.peak_mem_mib = max(result.peak_mem_mib, current_rss_mib())
-            on_step(step, value)
-            if cfg.max_steps and step >= cfg.max_steps:
-                break
+        with phase(TRAIN_PHASE):
+            for batch in task.batches("train", cfg.batch_size, shuffle=True, generator=generator):
+                batch = batch.to(device)
+                with autocast_for(device, cfg.amp):
+                    loss = task.loss(model, batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                schedule.step()
+                step += 1
+                losses.add(loss)
+                result.train_tokens += batch.n_tokens
+                if step % cfg.log_every == 0 or step == 1:
+                    record(TRAIN + "loss", losses.read(step, epoch), step)
+                    result.peak_mem_mib = max(result.peak_mem_mib, current_rss_mib())
+                on_step(step, losses.last)
+                if cfg.max_steps and step >= cfg.max_steps:
+                    break
+            losses.read(step, epoch)  # a non-finite loss after the last logged step still fails the run
         result.train_seconds += time.perf_counter() - started
         evaluate("validation", step, epoch)
         if cfg.max_steps and step >= cfg.max_steps:

@@ -271,8 +271,13 @@ class RNNFamily(ModelFamily):
         suffix = f"+{self.options.attention}" if self.uses_attention else ""
         return f"rnn-{self.options.cell}{suffix}"
 
+    @property
+    def is_baseline(self) -> bool:
+        """Without ``attention`` the rnn is the baseline compare measures attention against."""
+        return not self.uses_attention
+
     def tags(self) -> dict[str, str]:
-        return {"attnbench.attention": self.options.attention or "none"}
+        return {"attention": self.options.attention or "none"}
 
     def validate(self, host) -> None:
         if not self.uses_attention:

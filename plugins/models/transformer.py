@@ -39,6 +39,8 @@ class TransformerOptions(BaseModel):
     # few hundred steps; separate learned tables for encoder and decoder take far longer.
     positions: Literal["sinusoidal", "learned"] = "sinusoidal"
     question_match: bool = Field(True, description="span models: mark context tokens that occur in the question (span_head.py)")
+    pooling: Literal["mean", "max", "first"] = Field(
+        "mean", description="classification: how the encoder outputs become one vector (docs/tasks.md, sentiment)")
 
 
 # ---------------------------------------------------------------------------- building blocks
@@ -180,6 +182,10 @@ class Encoder(nn.Module):
         x = self.embed(tokens)
         if input_features is not None:  # (B, L, d_model) added to the embeddings, e.g. QuestionMatch
             x = x + input_features
+        return self.contextualise(x, padding_mask)
+
+    def contextualise(self, x, padding_mask):
+        """The blocks and the final LayerNorm over already embedded inputs (B, L, d_model)."""
         for block in self.blocks:
             x = block(x, padding_mask)
         x = self.ln_final(x)
@@ -192,20 +198,46 @@ def masked_mean(x: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
     return (x * keep).sum(1) / keep.sum(1).clamp(min=1.0)
 
 
+def masked_max(x: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+    """Feature-wise max over the non-padding positions: (B, L, D), (B, L) -> (B, D).
+
+    Padding outputs are zeros, which would win every max over negative features, so they
+    are pushed to the dtype's minimum first."""
+    return x.masked_fill(padding_mask[..., None], torch.finfo(x.dtype).min).amax(1)
+
+
 # ------------------------------------------------------------------------- one network per kind
 
 
 class TransformerClassifier(nn.Module):
-    """Encoder, masked mean pooling, linear head: (B, L), (B, L) -> (B, n_classes)."""
+    """Encoder, pooling, linear head: (B, L), (B, L) -> (B, n_classes).
 
-    def __init__(self, encoder: Encoder, d_model: int, n_classes: int, dropout: float):
+    ``pooling``: ``mean`` or ``max`` over the non-padding positions, or ``first``: a learned
+    summary vector (BERT's [CLS], but not a vocabulary entry, so it works with any task's
+    vocabulary) is put before the tokens, attends to them in every layer, and its output
+    alone feeds the head. It gets no position code; the tokens keep positions 0..L-1."""
+
+    def __init__(self, encoder: Encoder, d_model: int, n_classes: int, dropout: float, pooling: str = "mean"):
         super().__init__()
         self.encoder = encoder
+        self.pooling = pooling
+        # Same small scale as token embeddings; an all-zero vector would sit at LayerNorm's singular point.
+        self.summary = nn.Parameter(torch.randn(1, 1, d_model) * 0.02) if pooling == "first" else None
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(d_model, n_classes)
 
     def forward(self, tokens, padding_mask):
-        pooled = masked_mean(self.encoder(tokens, padding_mask), padding_mask)
+        x = self.encoder.embed(tokens)
+        if self.summary is not None:
+            x = torch.cat([self.summary.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+            padding_mask = F.pad(padding_mask, (1, 0), value=False)
+        states = self.encoder.contextualise(x, padding_mask)
+        if self.pooling == "first":
+            pooled = states[:, 0]
+        elif self.pooling == "max":
+            pooled = masked_max(states, padding_mask)
+        else:
+            pooled = masked_mean(states, padding_mask)
         return self.head(self.dropout(pooled))
 
 
@@ -330,9 +362,9 @@ class TransformerFamily(ModelFamily):
         self._attention_opts = cls.parse_options(self.options.attention_options, where="attention_options")
 
     def tags(self) -> dict[str, str]:
-        tags = {"attnbench.attention": self.options.attention}
+        tags = {"attention": self.options.attention}
         if self.fallbacks:
-            tags["attnbench.attention_fallback"] = ",".join(f"{slot}->{used}" for slot, used in self.fallbacks.items())
+            tags["attention_fallback"] = ",".join(f"{slot}->{used}" for slot, used in self.fallbacks.items())
         return tags
 
     def _attention(self, slot: str, dims: ModelDims, host, *, causal=False, cross=False) -> nn.Module:
@@ -367,7 +399,8 @@ class TransformerFamily(ModelFamily):
         if io.kind == "classification":
             if not io.n_classes:
                 raise BadInputError("task: a classification task must set TaskIO.n_classes")
-            model = TransformerClassifier(self._encoder(io, dims, host, src_tokens, d_ff), d, io.n_classes, dims.dropout)
+            model = TransformerClassifier(self._encoder(io, dims, host, src_tokens, d_ff), d, io.n_classes, dims.dropout,
+                                          self.options.pooling)
         elif io.kind == "span":
             model = TransformerSpanExtractor(self._encoder(io, dims, host, src_tokens, d_ff), d, io.extra.get("sep_id"),
                                              self.options.question_match)

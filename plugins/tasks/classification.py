@@ -9,22 +9,26 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from attnbench.significance import PerExampleScore
+
+
+def example_accuracy(record: dict) -> float:
+    """1.0 when a predictions.jsonl record's prediction equals its reference."""
+    return float(record.get("prediction") == record.get("reference"))
+
+
+# accuracy is the mean of example_accuracy: a paired bootstrap over examples tests it
+ACCURACY_SIGNIFICANCE = PerExampleScore(example_accuracy)
+
 
 def classification_loss(model, batch) -> torch.Tensor:
     return F.cross_entropy(model(batch["tokens"], batch["padding_mask"]), batch["labels"])
 
 
 def predict_classes(task, model, split: str, *, batch_size: int, device) -> list[int]:
-    """Predicted class per example of ``split``, in order (eval mode, no gradients; the
-    model's training flag is restored afterwards)."""
-    was_training = model.training
-    model.eval()
+    """Predicted class per example of ``split``, in order (core sets eval mode and no_grad)."""
     preds: list[int] = []
-    try:
-        with torch.no_grad():
-            for batch in task.batches(split, batch_size, shuffle=False):
-                batch = batch.to(device)
-                preds += model(batch["tokens"], batch["padding_mask"]).argmax(-1).tolist()
-    finally:
-        model.train(was_training)
+    for batch in task.batches(split, batch_size, shuffle=False):
+        batch = batch.to(device)
+        preds += model(batch["tokens"], batch["padding_mask"]).argmax(-1).tolist()
     return preds

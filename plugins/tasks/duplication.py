@@ -17,32 +17,28 @@ grid sees the same sequences.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
-from attnbench import Batch, Evaluation, Task, TaskIO, hookimpl
-from attnbench.data import PAD, SEP, SPECIAL_TOKENS, batch_indices
+from attnbench import Batch, Evaluation, SplitSizes, SplitTask, TaskIO, hookimpl
+from attnbench.data import PAD, SEP, SPECIAL_TOKENS
+from attnbench.tasks import SPLITS
 
-SPLITS = ("train", "validation", "test")
 SPLIT_INDEX = {split: i for i, split in enumerate(SPLITS)}
 FIRST_SYMBOL = len(SPECIAL_TOKENS)  # symbol 1 of the paper
 TASK_STREAM = 6  # keeps this task's random streams apart from the other probes'
 
 
-class DuplicationOptions(BaseModel):
+class DuplicationOptions(SplitSizes):
     """``tasks.duplication`` section of a grid file."""
 
     model_config = ConfigDict(extra="forbid")
     seq_len: int = Field(256, ge=4, description="whole sequence length (even); the paper uses 1024")
     vocab: int = Field(127, ge=2, description="number of distinct symbols in w (the paper: 127)")
-    n_train: int = Field(4000, gt=0)
-    n_validation: int = Field(200, gt=0)
-    n_test: int = Field(500, gt=0)
     seed: int = Field(1234, ge=0, description="data seed (not the training seed)")
     loss_on: Literal["second_half", "all"] = Field(
         "second_half", description="positions that enter the training loss; the first half is unpredictable noise")
@@ -53,9 +49,6 @@ class DuplicationOptions(BaseModel):
         if n % 2:
             raise ValueError(f"must be even (two halves '0 w'), e.g. {n + 1}")
         return n
-
-    def size(self, split: str) -> int:
-        return {"train": self.n_train, "validation": self.n_validation, "test": self.n_test}[split]
 
 
 def generate(n: int, seq_len: int, vocab: int, seed: int, split: str) -> torch.Tensor:
@@ -73,12 +66,13 @@ def scored_positions(seq_len: int) -> slice:
     return slice(seq_len // 2, seq_len - 1)
 
 
-class DuplicationTask(Task):
+class DuplicationTask(SplitTask):
     """Copy a random string seen ``seq_len / 2`` tokens earlier (decoder-only, causal)."""
 
     kind = "lm"
     primary_metric = "accuracy"
     greater_is_better = True
+    metric_scale = 1.0
     Options = DuplicationOptions
     description = "Reformer duplication '0 w 0 w'; next-token accuracy on the second half"
 
@@ -94,20 +88,14 @@ class DuplicationTask(Task):
             self.io = TaskIO(kind=self.kind, vocab_size=FIRST_SYMBOL + o.vocab, pad_id=PAD, max_len=o.seq_len)
         return self.io
 
-    def _batch(self, split: str, indices: list[int]) -> Batch:
+    def split_size(self, split):
+        return len(self.data[split])
+
+    def make_batch(self, split: str, indices: list[int]) -> Batch:
         tokens = self.data[split][indices]
         mask = torch.zeros_like(tokens, dtype=torch.bool)  # every sequence has the full length
         return Batch({"tokens": tokens, "padding_mask": mask}, n_tokens=tokens.numel(),
                      ids=[f"{split}-{i}" for i in indices])
-
-    def batches(self, split, batch_size, *, shuffle, generator=None):
-        self.prepare()
-        for indices in batch_indices(len(self.data[split]), batch_size, shuffle=shuffle, generator=generator):
-            yield self._batch(split, indices)
-
-    def num_batches(self, split, batch_size):
-        self.prepare()
-        return math.ceil(len(self.data[split]) / batch_size)
 
     def loss(self, model, batch):
         tokens = batch["tokens"]
@@ -119,17 +107,11 @@ class DuplicationTask(Task):
 
     def predict(self, model, split: str, *, batch_size: int, device) -> torch.Tensor:
         """Predicted second halves ``(n, seq_len / 2 - 1)``: argmax at every scored position."""
-        was_training = model.training
-        model.eval()
         where = scored_positions(self.options.seq_len)
         out = []
-        try:
-            with torch.no_grad():
-                for batch in self.batches(split, batch_size, shuffle=False):
-                    batch = batch.to(device)
-                    out.append(model(batch["tokens"], batch["padding_mask"])[:, where].argmax(-1).cpu())
-        finally:
-            model.train(was_training)
+        for batch in self.batches(split, batch_size, shuffle=False):
+            batch = batch.to(device)
+            out.append(model(batch["tokens"], batch["padding_mask"])[:, where].argmax(-1).cpu())
         return torch.cat(out)
 
     def evaluate(self, model, split, *, batch_size, device) -> Evaluation:
@@ -149,7 +131,7 @@ class DuplicationTask(Task):
         self.prepare()
         out = []
         for i in range(min(n, len(self.data["test"]))):
-            out.append(([_symbol(t) for t in self.data["test"][i].tolist()], self._batch("test", [i])))
+            out.append(([_symbol(t) for t in self.data["test"][i].tolist()], self.make_batch("test", [i])))
         return out
 
 

@@ -30,15 +30,14 @@ import random
 import statistics
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 from sklearn.metrics import accuracy_score, f1_score
 
-from attnbench import Batch, Evaluation, Task, TaskIO, hookimpl
+from attnbench import Batch, Evaluation, SplitSizes, SplitTask, TaskIO, hookimpl
 from attnbench.data import PAD, SPECIAL_TOKENS, batch_indices, pad_batch
 
-from .classification import classification_loss, predict_classes
+from .classification import ACCURACY_SIGNIFICANCE, classification_loss, predict_classes
 
-SPLITS = ("train", "validation", "test")
 OPERATORS = ("[MAX", "[MIN", "[MED", "[SM")
 CLOSE = "]"
 DIGITS = tuple(str(d) for d in range(10))
@@ -48,7 +47,7 @@ SMALLEST_BRACKET = 4  # "[OP a b ]"
 POOL = 32  # batches are cut from pools of POOL * batch_size examples sorted by length
 
 
-class ListOpsOptions(BaseModel):
+class ListOpsOptions(SplitSizes):
     """``tasks.listops`` section of a grid file (LRA: lengths 500-2000, depth 10, 10 operands)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -56,9 +55,6 @@ class ListOpsOptions(BaseModel):
     max_length: int = Field(128, ge=SMALLEST_BRACKET, description="longest expression, in tokens")
     max_depth: int = Field(10, ge=1, description="deepest bracket nesting")
     max_args: int = Field(10, ge=2, description="most operands of one operator")
-    n_train: int = Field(4000, gt=0)
-    n_validation: int = Field(200, gt=0)
-    n_test: int = Field(500, gt=0)
     seed: int = Field(1234, ge=0, description="data seed (not the training seed)")
     length_buckets: list[int] | None = Field(
         None, description="upper edges of the length buckets of acc_len_*; default: 4 equal buckets")
@@ -79,9 +75,6 @@ class ListOpsOptions(BaseModel):
                              f"and max_args {self.max_args} can hold ({_capacity(self.max_depth, self.max_args)} tokens); "
                              "raise max_depth or max_args")
         return self
-
-    def size(self, split: str) -> int:
-        return {"train": self.n_train, "validation": self.n_validation, "test": self.n_test}[split]
 
     def buckets(self) -> list[tuple[int, int]]:
         """``(lo, hi)`` token-length ranges covering ``min_length..max_length``."""
@@ -188,12 +181,14 @@ def _depth(tokens: list[str]) -> int:
 # ----------------------------------------------------------------------------------- task
 
 
-class ListOpsTask(Task):
+class ListOpsTask(SplitTask):
     """Classify a nested MAX/MIN/MED/SM expression by its value (10 classes)."""
 
     kind = "classification"
     primary_metric = "accuracy"
     greater_is_better = True
+    metric_scale = 1.0
+    significance = ACCURACY_SIGNIFICANCE
     Options = ListOpsOptions
     description = "LRA-style ListOps: value of nested MAX/MIN/MED/SUM_MOD expressions; accuracy per length bucket"
 
@@ -205,21 +200,24 @@ class ListOpsTask(Task):
 
     def prepare(self) -> TaskIO:
         if self.io is None:
-            for split in SPLITS:
+            for split in self.splits:
                 self.examples[split] = generate(self.options.size(split), self.options, split)
                 self.encoded[split] = [[TOKEN_ID[t] for t in row["tokens"]] for row in self.examples[split]]
             self.io = TaskIO(kind=self.kind, vocab_size=len(VOCAB), pad_id=PAD, max_len=self.options.max_length,
                              n_classes=10)
         return self.io
 
-    def _batch(self, split: str, indices: list[int]) -> Batch:
+    def split_size(self, split):
+        return len(self.encoded[split])
+
+    def make_batch(self, split: str, indices: list[int]) -> Batch:
         seqs = [self.encoded[split][i] for i in indices]
         tokens, mask = pad_batch(seqs, PAD)
         labels = torch.tensor([self.examples[split][i]["label"] for i in indices], dtype=torch.long)
         return Batch({"tokens": tokens, "padding_mask": mask, "labels": labels}, n_tokens=sum(map(len, seqs)),
                      ids=[self.examples[split][i]["id"] for i in indices])
 
-    def _batch_indices(self, split: str, batch_size: int, shuffle: bool, generator) -> list[list[int]]:
+    def batch_plan(self, split, batch_size, *, shuffle, generator=None) -> list[list[int]]:
         """Batches of similar lengths (little padding at long lengths), in random order when shuffling."""
         lengths = [len(s) for s in self.encoded[split]]
         batches = []
@@ -229,16 +227,6 @@ class ListOpsTask(Task):
         if shuffle:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
         return batches
-
-    def batches(self, split, batch_size, *, shuffle, generator=None):
-        self.prepare()
-        for indices in self._batch_indices(split, batch_size, shuffle, generator):
-            yield self._batch(split, indices)
-
-    def num_batches(self, split, batch_size):
-        self.prepare()
-        pools = batch_indices(len(self.encoded[split]), batch_size * POOL, shuffle=False)
-        return sum(math.ceil(len(p) / batch_size) for p in pools)
 
     def loss(self, model, batch):
         return classification_loss(model, batch)
@@ -270,7 +258,7 @@ class ListOpsTask(Task):
         """The shortest test expressions (a map of a 4096-token input would be unreadable)."""
         self.prepare()
         shortest = sorted(range(len(self.encoded["test"])), key=lambda i: len(self.encoded["test"][i]))[:n]
-        return [(self.examples["test"][i]["tokens"], self._batch("test", [i])) for i in shortest
+        return [(self.examples["test"][i]["tokens"], self.make_batch("test", [i])) for i in shortest
                 if len(self.encoded["test"][i]) <= 512]
 
 

@@ -29,22 +29,20 @@ at the next article (``title``), so no context is shared between training and ev
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from attnbench import Batch, Evaluation, Task, TaskIO, hookimpl
-from attnbench.data import CLS, PAD, SEP, DataSource, TokenizerOptions, column, load_splits, require_columns, train_tokenizer
+from attnbench import Batch, Evaluation, SplitTask, TaskIO, hookimpl
+from attnbench.data import (CLS, PAD, SEP, DataSource, TokenizerOptions, batch_indices, column, load_splits,
+                            require_columns, train_tokenizer)
 from attnbench.errors import BadInputError
 
-from .squad_metric import squad_scores
+from .squad_metric import F1_SIGNIFICANCE, squad_scores
 from .synthetic_qa import StoryOptions, generate
 
-SPLITS = ("train", "validation", "test")
 WHERE = "tasks.qa"
 # Buckets of sentences between the supporting fact and the question (synthetic data only).
 DISTANCE_BUCKETS = ((0, 1), (2, 4), (5, 8), (9, None))
@@ -166,12 +164,14 @@ def masked_logits(logits: torch.Tensor, padding_mask: torch.Tensor) -> torch.Ten
     return logits.float().masked_fill(padding_mask, torch.finfo(torch.float32).min)
 
 
-class QATask(Task):
+class QATask(SplitTask):
     """Extractive QA: span start/end prediction, scored by SQuAD v1.1 EM and F1."""
 
     kind = "span"
     primary_metric = "f1"
     greater_is_better = True
+    metric_scale = 100.0
+    significance = F1_SIGNIFICANCE
     Options = QAOptions
     description = "extractive QA (SQuAD v1.1 format; synthetic default: bAbI-like stories), EM/F1"
 
@@ -202,7 +202,7 @@ class QATask(Task):
     def _synthetic_examples(self) -> dict[str, list[QAExample]]:
         data = self.options.data
         out = {}
-        for split in SPLITS:
+        for split in self.splits:
             rows = generate(split, data.limit(split) or 0, data.seed, self.options.story)
             out[split] = [self._row_to_example(row, split, i, "story") for i, row in enumerate(rows)]
         return out
@@ -210,7 +210,7 @@ class QATask(Task):
     def _dataset_examples(self) -> dict[str, list[QAExample]]:
         data = self.options.data
         where = f"{WHERE}.data"
-        sources = {split: data.splits.get(split, split) for split in SPLITS}
+        sources = {split: data.splits.get(split, split) for split in self.splits}
         # Load each source split once, unlimited; limits are applied (or slices carved) below.
         representatives = list({src: split for split, src in reversed(sources.items())}.values())
         unlimited = data.model_copy(update={"n_train": None, "n_validation": None, "n_test": None})
@@ -219,7 +219,7 @@ class QATask(Task):
         out = {}
         for src, ds in by_source.items():
             require_columns(ds, data, ["id", "context", "question", "answers"], where)
-            members = [split for split in SPLITS if sources[split] == src]
+            members = [split for split in self.splits if sources[split] == src]
             for split, part in self._carve(ds, members, src).items():
                 out[split] = [self._row_to_example(row, split, i, src) for i, row in enumerate(part)]
         return out
@@ -285,22 +285,18 @@ class QATask(Task):
 
     def _answer_windows(self, split: str) -> list[int]:
         """Indices of the windows that hold their gold answer (what training sees)."""
-        if split not in self.windows:
-            raise BadInputError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+        self._prepare_split(split)
         return [i for i, w in enumerate(self.windows[split]) if w.start is not None]
 
-    def num_batches(self, split: str, batch_size: int) -> int:
-        return math.ceil(len(self._answer_windows(split)) / batch_size)
+    def batch_plan(self, split, batch_size, *, shuffle, generator=None) -> list[list[int]]:
+        """Batches of the windows of ``split`` that contain the answer."""
+        answered = self._answer_windows(split)
+        plan = batch_indices(len(answered), batch_size, shuffle=shuffle, generator=generator)
+        return [[answered[i] for i in batch] for batch in plan]
 
-    def batches(self, split: str, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[Batch]:
-        """Batches of the windows of ``split`` that contain the answer, padded to the batch's longest."""
-        indices = self._answer_windows(split)
-        if shuffle:
-            indices = [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
-        windows = self.windows[split]
-        for at in range(0, len(indices), batch_size):
-            chunk = indices[at: at + batch_size]
-            yield collate([windows[i] for i in chunk], chunk)
+    def make_batch(self, split: str, indices: list[int]) -> Batch:
+        """Windows ``indices`` of ``split``, padded to the batch's longest."""
+        return collate([self.windows[split][i] for i in indices], indices)
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         """Mean of the start and end cross-entropies (padding positions can never be chosen)."""
@@ -311,7 +307,6 @@ class QATask(Task):
 
     # ---- evaluation -------------------------------------------------------------------
 
-    @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, split: str, *, batch_size: int, device: torch.device) -> Evaluation:
         """Best span per question across its windows, scored with SQuAD v1.1 EM/F1."""
         self._answer_windows(split)  # validates the split name

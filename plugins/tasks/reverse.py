@@ -24,26 +24,25 @@ accuracy of the sources whose length is in ``[lo, hi]`` (buckets of ``bucket_wid
 from __future__ import annotations
 
 import json
-import math
 from typing import Literal
 
 import numpy as np
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from attnbench import Batch, Evaluation, Task, TaskIO, hookimpl
-from attnbench.data import BOS, EOS, PAD, SPECIAL_TOKENS, batch_indices, pad_batch
+from attnbench import Batch, Evaluation, SplitSizes, SplitTask, TaskIO, hookimpl
+from attnbench.data import BOS, EOS, PAD, SPECIAL_TOKENS, pad_batch
+from attnbench.tasks import SPLITS
 
 from .seq2seq_decoding import greedy_search, length_sorted_batches
 
-SPLITS = ("train", "validation", "test")
 SPLIT_INDEX = {split: i for i, split in enumerate(SPLITS)}
 FIRST_SYMBOL = len(SPECIAL_TOKENS)
 TASK_STREAM = 18  # keeps this task's random streams apart from the other probes'
 PERMUTATION_STREAM = 3  # the fixed permutations, shared by all splits
 
 
-class ReverseOptions(BaseModel):
+class ReverseOptions(SplitSizes):
     """``tasks.reverse`` section of a grid file."""
 
     model_config = ConfigDict(extra="forbid")
@@ -52,9 +51,6 @@ class ReverseOptions(BaseModel):
     max_len: int = Field(100, ge=1, description="longest source, in symbols")
     vocab: int = Field(20, ge=2, description="number of distinct symbols")
     bucket_width: int = Field(10, ge=1, description="width of the length buckets of acc_len_*")
-    n_train: int = Field(4000, gt=0)
-    n_validation: int = Field(200, gt=0)
-    n_test: int = Field(500, gt=0)
     seed: int = Field(1234, ge=0, description="data seed (not the training seed)")
 
     @model_validator(mode="after")
@@ -62,9 +58,6 @@ class ReverseOptions(BaseModel):
         if self.min_len > self.max_len:
             raise ValueError(f"min_len ({self.min_len}) must not exceed max_len ({self.max_len})")
         return self
-
-    def size(self, split: str) -> int:
-        return {"train": self.n_train, "validation": self.n_validation, "test": self.n_test}[split]
 
     def buckets(self) -> list[tuple[int, int]]:
         """``(lo, hi)`` source-length ranges of ``bucket_width`` from ``min_len``; a last bucket
@@ -106,12 +99,13 @@ def token_matches(prediction: list[int], reference: list[int]) -> int:
     return sum(p == r for p, r in zip(prediction, reference))
 
 
-class ReverseTask(Task):
+class ReverseTask(SplitTask):
     """Output the source reversed (or permuted, or copied); accuracy by source length."""
 
     kind = "seq2seq"
     primary_metric = "accuracy"
     greater_is_better = True
+    metric_scale = 1.0  # per-token accuracy pools tokens over examples: no per-example test declared
     Options = ReverseOptions
     description = "reverse/permute/copy random symbols; token and sequence accuracy per source-length bucket"
 
@@ -128,22 +122,16 @@ class ReverseTask(Task):
                              bos_id=BOS, eos_id=EOS, max_tgt_len=n + 2)
         return self.io
 
-    def _batch(self, split: str, indices: list[int]) -> Batch:
+    def split_size(self, split):
+        return len(self.examples[split])
+
+    def make_batch(self, split: str, indices: list[int]) -> Batch:
         rows = [self.examples[split][i] for i in indices]
         src, src_mask = pad_batch([r["source"] for r in rows], PAD)
         tgt, _ = pad_batch([[BOS, *r["target"], EOS] for r in rows], PAD)
         tensors = {"src": src, "src_padding_mask": src_mask, "tgt_in": tgt[:, :-1], "tgt_out": tgt[:, 1:]}
         n_tokens = int((~src_mask).sum()) + int((tgt[:, 1:] != PAD).sum())
         return Batch(tensors, n_tokens=n_tokens, ids=[r["id"] for r in rows])
-
-    def batches(self, split, batch_size, *, shuffle, generator=None):
-        self.prepare()
-        for indices in batch_indices(len(self.examples[split]), batch_size, shuffle=shuffle, generator=generator):
-            yield self._batch(split, indices)
-
-    def num_batches(self, split, batch_size):
-        self.prepare()
-        return math.ceil(len(self.examples[split]) / batch_size)
 
     def loss(self, model, batch):
         logits = model(batch["src"], batch["src_padding_mask"], batch["tgt_in"])
@@ -152,19 +140,14 @@ class ReverseTask(Task):
     def decode(self, model, split: str, *, batch_size: int, device) -> list[list[int]]:
         """Greedy outputs (ids without BOS/EOS) for every source of ``split``, in order."""
         self.prepare()
-        was_training = model.training
-        model.eval()
         outputs: list[list[int]] = [[] for _ in self.examples[split]]
-        try:
-            for indices in length_sorted_batches([len(r["source"]) for r in self.examples[split]], batch_size):
-                batch = self._batch(split, indices).to(device)
-                max_lens = (~batch["src_padding_mask"]).sum(1) + 1  # the target is as long as the source
-                decoded = greedy_search(model, batch["src"], batch["src_padding_mask"], max_lens,
-                                        bos_id=BOS, eos_id=EOS, pad_id=PAD)
-                for i, ids in zip(indices, decoded):
-                    outputs[i] = ids
-        finally:
-            model.train(was_training)
+        for indices in length_sorted_batches([len(r["source"]) for r in self.examples[split]], batch_size):
+            batch = self.make_batch(split, indices).to(device)
+            max_lens = (~batch["src_padding_mask"]).sum(1) + 1  # the target is as long as the source
+            decoded = greedy_search(model, batch["src"], batch["src_padding_mask"], max_lens,
+                                    bos_id=BOS, eos_id=EOS, pad_id=PAD)
+            for i, ids in zip(indices, decoded):
+                outputs[i] = ids
         return outputs
 
     def evaluate(self, model, split, *, batch_size, device) -> Evaluation:
@@ -189,7 +172,7 @@ class ReverseTask(Task):
     def attention_examples(self, n: int = 2):
         self.prepare()
         shortest = sorted(range(len(self.examples["test"])), key=lambda i: len(self.examples["test"][i]["source"]))[:n]
-        return [(_text(self.examples["test"][i]["source"]).split(), self._batch("test", [i])) for i in shortest]
+        return [(_text(self.examples["test"][i]["source"]).split(), self.make_batch("test", [i])) for i in shortest]
 
 
 def _text(ids: list[int]) -> str:

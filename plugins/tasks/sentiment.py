@@ -9,22 +9,19 @@ Artifacts: ``confusion_matrix.json`` (rows: reference, columns: prediction).
 from __future__ import annotations
 
 import json
-import math
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from attnbench import Batch, Evaluation, Task, TaskIO, hookimpl
-from attnbench.data import (PAD, UNK, DataSource, TokenizerOptions, batch_indices, load_splits, pad_batch,
-                            require_columns, train_tokenizer)
+from attnbench import Batch, Evaluation, SplitTask, TaskIO, hookimpl
+from attnbench.data import PAD, UNK, DataSource, TokenizerOptions, load_splits, pad_batch, require_columns, train_tokenizer
 from attnbench.errors import BadInputError
 
 from . import synthetic_sentiment
-from .classification import classification_loss, predict_classes
+from .classification import ACCURACY_SIGNIFICANCE, classification_loss, predict_classes
 
 WHERE = "tasks.sentiment"
-SPLITS = ("train", "validation", "test")
 DEFAULT_COLUMNS = {"text": "sentence", "label": "label"}
 
 
@@ -37,12 +34,14 @@ class SentimentOptions(BaseModel):
     max_len: int = Field(128, gt=0, description="longer inputs are truncated to this many tokens")
 
 
-class SentimentTask(Task):
+class SentimentTask(SplitTask):
     """Binary (or k-way) sentiment classification."""
 
     kind = "classification"
     primary_metric = "accuracy"
     greater_is_better = True
+    metric_scale = 1.0
+    significance = ACCURACY_SIGNIFICANCE
     Options = SentimentOptions
     description = "sentence sentiment; accuracy and macro-F1; synthetic data hinges on negation and contrast"
 
@@ -59,7 +58,7 @@ class SentimentTask(Task):
         data = self.options.data
         if data.source == "synthetic":
             rows = {}
-            for split in SPLITS:
+            for split in self.splits:
                 n = data.limit(split)
                 if n is None:
                     raise BadInputError(f"{WHERE}.data.n_{split}: synthetic data needs a size (a positive integer)")
@@ -67,7 +66,7 @@ class SentimentTask(Task):
                                for r in synthetic_sentiment.generate(n, data.seed, split)]
             return rows
         data = data.model_copy(update={"columns": DEFAULT_COLUMNS | data.columns})
-        loaded = load_splits(data, SPLITS, f"{WHERE}.data")
+        loaded = load_splits(data, self.splits, f"{WHERE}.data")
         rows = {}
         for split, ds in loaded.items():
             require_columns(ds, data, ["text", "label"], f"{WHERE}.data")
@@ -112,21 +111,15 @@ class SentimentTask(Task):
 
     # ----------------------------------------------------------------- batches
 
-    def _batch(self, split: str, indices: list[int]) -> Batch:
+    def split_size(self, split):
+        return len(self.encoded[split])
+
+    def make_batch(self, split: str, indices: list[int]) -> Batch:
         seqs = [self.encoded[split][i] for i in indices]
         tokens, mask = pad_batch(seqs, PAD)
         labels = torch.tensor([self.examples[split][i]["label"] for i in indices], dtype=torch.long)
         return Batch({"tokens": tokens, "padding_mask": mask, "labels": labels}, n_tokens=sum(map(len, seqs)),
                      ids=[self.examples[split][i]["id"] for i in indices])
-
-    def batches(self, split, batch_size, *, shuffle, generator=None):
-        self.prepare()
-        for indices in batch_indices(len(self.encoded[split]), batch_size, shuffle=shuffle, generator=generator):
-            yield self._batch(split, indices)
-
-    def num_batches(self, split, batch_size):
-        self.prepare()
-        return math.ceil(len(self.encoded[split]) / batch_size)
 
     def loss(self, model, batch):
         return classification_loss(model, batch)
@@ -163,7 +156,7 @@ class SentimentTask(Task):
         out = []
         for i in range(min(n, len(self.encoded["test"]))):
             tokens = [self.tokenizer.id_to_token(t) for t in self.encoded["test"][i]]
-            out.append((tokens, self._batch("test", [i])))
+            out.append((tokens, self.make_batch("test", [i])))
         return out
 
 

@@ -16,6 +16,8 @@ import string
 from collections import Counter
 from typing import Iterable, Sequence
 
+from attnbench.significance import PerExampleScore, references
+
 _PUNCTUATION = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -61,3 +63,12 @@ def squad_scores(predictions: Iterable[str], references: Iterable[Sequence[str]]
     if count == 0:
         return {"exact_match": 0.0, "f1": 0.0}
     return {"exact_match": 100.0 * em_total / count, "f1": 100.0 * f1_total / count}
+
+
+def example_f1(record: dict) -> float:
+    """F1 (0-1) of one predictions.jsonl record against its closest gold answer."""
+    return best_over_golds(f1, str(record.get("prediction", "")), references(record))
+
+
+# corpus F1 is the mean of example_f1 (times 100): a paired bootstrap over questions tests it
+F1_SIGNIFICANCE = PerExampleScore(example_f1)

@@ -13,7 +13,9 @@ model track structure around it. Constructions (the ``construction`` field):
 - ``long_distance``: "the script was not clever , even though the music was great , we saw
   it on a rainy tuesday and ..." - the deciding clause comes first, followed by an opposite
   concessive clause and a long neutral tail, so the evidence sits far from the end of the
-  sequence (hard for a left-to-right RNN summary, easy for attention).
+  sequence. A model that summarises left to right must carry it across the tail; every model
+  must tell which of the two clauses decides. (The built-in ``rnn`` baseline is bidirectional
+  and mean-pools its states, so it has no such bottleneck: docs/tasks.md has the measurements.)
 
 Labels are balanced and drawn before the sentence is built. The output is a pure function
 of ``(seed, split, n)``: the same call always gives the same examples.

@@ -19,16 +19,16 @@ import sacrebleu
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from attnbench import Batch, Evaluation, Task, TaskIO, hookimpl
-from attnbench.data import (BOS, EOS, PAD, UNK, DataSource, TokenizerOptions, batch_indices, load_splits, pad_batch,
-                            require_columns, train_tokenizer)
+from attnbench import Batch, Evaluation, SplitTask, TaskIO, hookimpl
+from attnbench.significance import SacrebleuPairedTest
+from attnbench.data import (BOS, EOS, PAD, UNK, DataSource, TokenizerOptions, load_splits, pad_batch, require_columns,
+                            train_tokenizer)
 from attnbench.errors import BadInputError
 
 from . import synthetic_translation
 from .seq2seq_decoding import beam_search, greedy_search, length_sorted_batches
 
 WHERE = "tasks.translation"
-SPLITS = ("train", "validation", "test")
 DEFAULT_COLUMNS = {"source": "source", "target": "target"}
 
 
@@ -75,12 +75,14 @@ def bucket_names(edges: list[int]) -> list[tuple[str, int, float]]:
     return out
 
 
-class TranslationTask(Task):
+class TranslationTask(SplitTask):
     """Sequence-to-sequence translation with BLEU per source-length bucket."""
 
     kind = "seq2seq"
     primary_metric = "bleu"
     greater_is_better = True
+    metric_scale = 100.0
+    significance = SacrebleuPairedTest(sacrebleu.metrics.BLEU)  # corpus BLEU: sacrebleu's paired bootstrap
     Options = TranslationOptions
     description = "translation; corpus BLEU/chrF (sacrebleu) and BLEU per source-length bucket"
 
@@ -98,7 +100,7 @@ class TranslationTask(Task):
         data = self.options.data
         if data.source == "synthetic":
             rows = {}
-            for split in SPLITS:
+            for split in self.splits:
                 n = data.limit(split)
                 if n is None:
                     raise BadInputError(f"{WHERE}.data.n_{split}: synthetic data needs a size (a positive integer)")
@@ -106,7 +108,7 @@ class TranslationTask(Task):
             return rows
         data = data.model_copy(update={"columns": DEFAULT_COLUMNS | data.columns})
         rows = {}
-        for split, ds in load_splits(data, SPLITS, f"{WHERE}.data").items():
+        for split, ds in load_splits(data, self.splits, f"{WHERE}.data").items():
             require_columns(ds, data, ["source", "target"], f"{WHERE}.data")
             sources, targets = ds[data.columns["source"]], ds[data.columns["target"]]
             rows[split] = [{"id": f"{split}-{i}", "source": s, "target": t} for i, (s, t) in enumerate(zip(sources, targets))]
@@ -139,21 +141,15 @@ class TranslationTask(Task):
 
     # ----------------------------------------------------------------- batches
 
-    def _batch(self, split: str, indices: list[int]) -> Batch:
+    def split_size(self, split):
+        return len(self.sources[split])
+
+    def make_batch(self, split: str, indices: list[int]) -> Batch:
         src, src_mask = pad_batch([self.sources[split][i] for i in indices], PAD)
         tgt, _ = pad_batch([self.targets[split][i] for i in indices], PAD)
         tensors = {"src": src, "src_padding_mask": src_mask, "tgt_in": tgt[:, :-1], "tgt_out": tgt[:, 1:]}
         n_tokens = int((~src_mask).sum()) + int((tgt[:, 1:] != PAD).sum())
         return Batch(tensors, n_tokens=n_tokens, ids=[self.examples[split][i]["id"] for i in indices])
-
-    def batches(self, split, batch_size, *, shuffle, generator=None):
-        self.prepare()
-        for indices in batch_indices(len(self.sources[split]), batch_size, shuffle=shuffle, generator=generator):
-            yield self._batch(split, indices)
-
-    def num_batches(self, split, batch_size):
-        self.prepare()
-        return math.ceil(len(self.sources[split]) / batch_size)
 
     def loss(self, model, batch):
         logits = model(batch["src"], batch["src_padding_mask"], batch["tgt_in"])
@@ -169,25 +165,20 @@ class TranslationTask(Task):
         together); ``use_cache=False`` forces full recomputation (benchmarks/bench_decoding.py)."""
         self.prepare()
         decode = decode or self.options.decode
-        was_training = model.training
-        model.eval()
         outputs: list[str] = [""] * len(self.sources[split])
-        try:
-            for indices in length_sorted_batches([len(s) for s in self.sources[split]], batch_size):
-                batch = self._batch(split, indices).to(device)
-                src, mask = batch["src"], batch["src_padding_mask"]
-                src_lens = (~mask).sum(1)
-                max_lens = (decode.max_len_a * src_lens + decode.max_len_b).long().clamp(max=self.io.max_tgt_len - 1)
-                common = dict(bos_id=BOS, eos_id=EOS, pad_id=PAD, use_cache=use_cache)
-                if decode.strategy == "beam":
-                    ids = beam_search(model, src, mask, max_lens, beam_size=decode.beam_size,
-                                      length_penalty=decode.length_penalty, **common)
-                else:
-                    ids = greedy_search(model, src, mask, max_lens, **common)
-                for i, text in zip(indices, self.tokenizer.decode_batch(ids, skip_special_tokens=True)):
-                    outputs[i] = text
-        finally:
-            model.train(was_training)
+        for indices in length_sorted_batches([len(s) for s in self.sources[split]], batch_size):
+            batch = self.make_batch(split, indices).to(device)
+            src, mask = batch["src"], batch["src_padding_mask"]
+            src_lens = (~mask).sum(1)
+            max_lens = (decode.max_len_a * src_lens + decode.max_len_b).long().clamp(max=self.io.max_tgt_len - 1)
+            common = dict(bos_id=BOS, eos_id=EOS, pad_id=PAD, use_cache=use_cache)
+            if decode.strategy == "beam":
+                ids = beam_search(model, src, mask, max_lens, beam_size=decode.beam_size,
+                                  length_penalty=decode.length_penalty, **common)
+            else:
+                ids = greedy_search(model, src, mask, max_lens, **common)
+            for i, text in zip(indices, self.tokenizer.decode_batch(ids, skip_special_tokens=True)):
+                outputs[i] = text
         return outputs
 
     def evaluate(self, model, split, *, batch_size, device) -> Evaluation:
@@ -217,7 +208,7 @@ class TranslationTask(Task):
         out = []
         for i in range(min(n, len(self.sources["test"]))):
             tokens = [self.tokenizer.id_to_token(t) for t in self.sources["test"][i]]
-            out.append((tokens, self._batch("test", [i])))
+            out.append((tokens, self.make_batch("test", [i])))
         return out
 
 
