@@ -19,6 +19,7 @@ import requests
 from typer.testing import CliRunner
 
 from attnbench.cli import app
+from attnbench.run.record import Tag
 
 from conftest import write_grid
 from test_scale_signals import SLOW_GRID, Attnbench, assert_clean, store
@@ -35,7 +36,7 @@ def test_two_invocations_of_one_grid_at_once_train_each_pairing_once(workdir):
     assert second.wait(timeout=400) == 0, second.output
     parents, children = assert_clean(uri)
     finished = [c for c in children if c.info.status == "FINISHED"]
-    assert len(finished) == 4 and len({c.data.tags["attnbench.run_key"] for c in finished}) == 4
+    assert len(finished) == 4 and len({c.data.tags[Tag.RUN_KEY] for c in finished}) == 4
     assert [p.info.status for p in parents] == ["FINISHED", "FINISHED"]
     both = first.output + second.output
     assert "claimed by" in both  # the one that waited said for whom
@@ -148,7 +149,7 @@ def test_mlflow_server_on_postgresql_with_two_workers(workdir):
         assert run.wait(timeout=400) == 0, run.output
         parents, children = assert_clean(uri)
         assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
-        assert len({c.data.tags["attnbench.run_key"] for c in children}) == 4
+        assert len({c.data.tags[Tag.RUN_KEY] for c in children}) == 4
         client, _, _ = store(uri)
         arts = [a.path for a in client.list_artifacts(children[0].info.run_id)]
         assert "predictions.jsonl" in arts  # through the server's artifact proxy

@@ -54,6 +54,7 @@ class Tag:
     CLOSED_BECAUSE = PREFIX + "closed_because"  # why someone else closed this run (LOST_HEARTBEAT)
     # Provenance: the plugin that provided each part, "<distribution> <version>[ source <hash>]".
     PROVIDED_BY = PREFIX + "provided_by."  # + "task" / "family" / "attention"
+    HEAD_STATS = PREFIX + "head_stats"  # why a run has no head statistics (variant returns no weights)
 
 
 CLAIM_PENDING = "pending"  # created, waiting to see whether another claimer got there first
@@ -68,7 +69,6 @@ def claim_lost_to(run_id: str) -> str:
 def provenance_tags(provenance: dict[str, str]) -> dict[str, str]:
     """``{"task": "attnbench 0.1.0", ...}`` -> ``{"attnbench.provided_by.task": ...}``."""
     return {Tag.PROVIDED_BY + part: text for part, text in provenance.items()}
-    HEAD_STATS = PREFIX + "head_stats"  # why a run has no head statistics (variant returns no weights)
 
 
 ROLE_PARENT = "parent"
