@@ -122,7 +122,7 @@ def test_sighup_mid_run_behaves_like_ctrl_c(slow_grid, tracking_uri):
 SLOW_SUMMARY = """
 import time
 import attnbench.compare.report as report
-def slow_summary(*args):
+def slow_summary(*args, **kwargs):
     print("SUMMARIZING", flush=True)
     time.sleep(60)
 report.summarize_grid_to_parent = slow_summary
