@@ -4,6 +4,7 @@
 it fail at a chosen stage, so the runner's failure handling is tested on real runs.
 """
 
+import time
 from typing import Literal
 
 import torch
@@ -19,6 +20,7 @@ class ToyOptions(BaseModel):
     n_train: int = 64
     seq_len: int = 12
     fail_at: Literal["never", "prepare", "loss", "nan", "interrupt"] = "never"
+    slow_s: float = 0.0  # sleep per training step: pairings that last, for tests of runs in flight
 
 
 class ToyTask(Task):
@@ -55,6 +57,8 @@ class ToyTask(Task):
             raise ValueError("toy task asked to fail in loss")
         if self.options.fail_at == "interrupt":
             raise KeyboardInterrupt
+        if self.options.slow_s and model.training:
+            time.sleep(self.options.slow_s)
         logits = model(batch["tokens"], batch["padding_mask"])
         loss = F.cross_entropy(logits, batch["labels"])
         return loss * float("nan") if self.options.fail_at == "nan" else loss

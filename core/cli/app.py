@@ -13,6 +13,7 @@ from .bench import bench
 from .compare import compare
 from .plugins import plugins
 from .run import run
+from .stale import stale
 from .ui import ui
 
 _display_type_rich = TyperOption.display_type_rich
@@ -35,6 +36,7 @@ app.command("plugins")(plugins)
 app.command("ui")(ui)
 app.command("bench")(bench)
 app.command("compare")(compare)
+app.command("stale")(stale)
 
 
 def main() -> None:

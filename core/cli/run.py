@@ -24,10 +24,15 @@ def run(
     verbose: bool = VERBOSE_OPTION,
     max_memory_gib: float = typer.Option(8.0, "--max-memory-gib", metavar="GIB",
                                          help="Refuse models whose training state is estimated above this (0: no limit)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Pairings trained at once (default: execution.workers, 1)."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="local (worker processes) or ray (default: execution.executor, local)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="An existing Ray cluster, host:port (default: a local Ray)."),
+    lease: Optional[float] = typer.Option(None, "--lease", help="Seconds without a heartbeat after which a RUNNING run counts as dead (default 300)."),
 ):
     """Train every pairing of a grid (default: experiments/quick.yaml) and log it to MLflow."""
     from ..config import load_experiment, plan_grid
     from ..plugin_host import get_host
+    from ..run.provenance import attach_provenance
     from ..run.tracking import (artifact_root, check_artifact_root_writable, check_writable, load_tracking_config,
                                 resolve_tracking_uri)
 
@@ -37,16 +42,18 @@ def run(
         if not grid_file.exists() and grid_file == DEFAULT_GRID:
             raise BadInputError(f"{grid_file}: not found. Run from the attnbench checkout, or pass a grid file: attnbench run path/to/grid.yaml")
         overrides = list(set_ or [])
+        overrides += _execution_overrides(workers, executor, ray_address, lease)
         experiment, raw = load_experiment(grid_file, overrides)
         host = get_host(plugin or [])
         report_plugin_problems(host, verbose)
         plan = plan_grid(experiment, host, source=str(grid_file))
         specs = plan.specs
+        attach_provenance(specs, host, experiment.execution.provenance_in_run_key)
         tracking = load_tracking_config()
         uri = resolve_tracking_uri(tracking_uri, tracking)
         if not dry_run:  # a store that cannot be written is known before minutes of data loading
             check_writable(uri)
-            check_artifact_root_writable(artifact_root(tracking))
+            check_artifact_root_writable(artifact_root(tracking, uri))
         from ..run.preflight import preflight
 
         try:
@@ -61,21 +68,31 @@ def run(
             return
         for skipped in plan.skipped:
             err_console.print(f"[dim]skip {skipped.task}/{skipped.model_label}: {skipped.reason}[/dim]", highlight=False)
+        _check_execution(experiment.execution)
         grid_text = _grid_text(grid_file, raw, overrides)
         from ..compare.report import summarize_grid_to_parent
+        from ..run.interrupts import exit_code_of, interrupts_raise
         from ..run.runner import GridRunner, summary_tables
 
-        runner = GridRunner(experiment, specs, host=host, tracking_uri=uri, artifact_root_uri=artifact_root(tracking),
+        runner = GridRunner(experiment, specs, host=host, tracking_uri=uri, artifact_root_uri=artifact_root(tracking, uri),
                             grid_text=grid_text, grid_source=str(grid_file), overrides=overrides, console=console,
-                            device=device, summarize=partial(summarize_grid_to_parent, host=host))
-        console.print(f"[bold]{experiment.name}[/bold]: {len(specs)} runs -> MLflow experiment "
+                            device=device, summarize=partial(summarize_grid_to_parent, host=host), raw=raw, plugin_modules=plugin or [])
+        execution = experiment.execution
+        how = "" if execution.workers == 1 and execution.executor == "local" else \
+            f" ({execution.workers} at once, {execution.executor} executor)"
+        console.print(f"[bold]{experiment.name}[/bold]: {len(specs)} runs{how} -> MLflow experiment "
                       f"'{experiment.name}' at {uri}")
         try:
-            outcomes = runner.run()
-        except KeyboardInterrupt:
-            err_console.print("\n[yellow]interrupted: the current run and the grid's parent run are marked KILLED; "
-                              "re-run the same command to continue (finished runs are skipped).[/yellow]")
-            raise typer.Exit(130) from None
+            with interrupts_raise():
+                outcomes = runner.run()
+        except KeyboardInterrupt as exc:
+            try:
+                err_console.print(f"\n[yellow]interrupted ({getattr(exc, 'signal_name', 'SIGINT')}): the runs in flight and "
+                                  "the grid's parent run are marked KILLED; re-run the same command to continue "
+                                  "(finished runs are skipped).[/yellow]")
+            except (BrokenPipeError, SystemExit):  # `| tee` got the same Ctrl-C: nobody reads any more (rich exits 1)
+                pass
+            raise typer.Exit(exit_code_of(exc)) from None
         for table in summary_tables(outcomes, host):
             console.print(table)
         console.print(closing_hint(grid_file, tracking_uri, tracking), highlight=False)
@@ -94,6 +111,31 @@ def closing_hint(grid_file: Path, tracking_uri: str | None, tracking) -> str:
     store = "" if tracking_uri is None else f" --tracking-uri {shlex.quote(tracking_uri)}"
     return (f"Browse the runs: [bold]attnbench ui{store}[/bold] (http://{tracking.ui.host}:{tracking.ui.port}), "
             f"compare them: [bold]attnbench compare {shlex.quote(str(grid_file))}{store}[/bold]")
+
+
+def _execution_overrides(workers, executor, ray_address, lease) -> list[str]:
+    """The execution flags as ``--set execution.*`` assignments: one validation path for both."""
+    if workers is not None and workers < 1:
+        raise BadInputError(f"--workers {workers}: must be 1 or more")
+    if executor not in (None, "local", "ray"):
+        raise BadInputError(f"--executor {executor!r}: valid: local, ray")
+    if lease is not None and lease <= 0:
+        raise BadInputError(f"--lease {lease}: must be a positive number of seconds")
+    flags = {"workers": workers, "executor": executor, "ray_address": ray_address, "lease_s": lease}
+    return [f"execution.{key}={value}" for key, value in flags.items() if value is not None]
+
+
+def _check_execution(execution) -> None:
+    """Before any work: Ray present and reachable; a warning when workers outnumber the cores."""
+    import os
+
+    if execution.executor == "ray":
+        from ..run.executors import check_ray
+
+        check_ray(execution.ray_address)
+    elif execution.workers > (os.cpu_count() or 1):
+        err_console.print(f"[yellow]warning: {execution.workers} workers on {os.cpu_count()} CPU cores: they will "
+                          "compete for the cores and each pairing takes longer[/yellow]")
 
 
 def _grid_text(grid_file: Path, raw: dict, overrides: list[str]) -> str:

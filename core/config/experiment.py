@@ -32,6 +32,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from ..errors import BadInputError
 from ..models import ModelDims
 from ..options import OptionsError, Problem, join_path, parse_options, short_repr
+from .execution import ExecutionConfig
 from ..plugin_host import PluginHost
 from .eval_override import EvalOverride
 from .yaml_loader import load_yaml_text
@@ -116,6 +117,7 @@ class ExperimentFile(BaseModel):
     tasks: dict[str, dict[str, Any]] = Field(default_factory=dict)
     evaluate_with: list[EvalOverride] = Field(
         default_factory=list, description="re-evaluate the test split with other attention options")
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
 
 @dataclass
@@ -133,6 +135,8 @@ class RunSpec:
     seed: int
     evaluate_with: list[EvalOverride] = field(default_factory=list)
     short_label: str = ""  # the model label without its family prefix, when that stays unique
+    # part -> "<distribution> <version>[ source <hash>]" of the plugin providing it (run/provenance.py)
+    provenance: dict[str, str] = field(default_factory=dict)
 
     @property
     def run_name(self) -> str:
@@ -161,6 +165,8 @@ class RunSpec:
         config = self.resolved()
         for cosmetic in ("log_every", "save_checkpoint", "device", "threads"):
             config["train"].pop(cosmetic, None)
+        if self.provenance:  # a changed or swapped plugin is a different result
+            config["provenance"] = self.provenance
         blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

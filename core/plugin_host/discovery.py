@@ -21,6 +21,7 @@ import pluggy
 
 from . import hookspecs
 from ..errors import BadInputError, PluginError
+from .provenance import provenance_of
 from .registry import Registry
 
 ENTRY_POINT_GROUP = "attnbench"
@@ -108,8 +109,9 @@ def discover(extra_modules: list[str] | tuple[str, ...] = ()) -> PluginHost:
     )
     labels: dict[int, str] = {}
     in_order: list = []  # modules in load order: on a clash the earlier one keeps the name
+    distributions: dict[int, str | None] = {}  # id(module) -> distribution (None for --plugin)
 
-    def add(label: str, loader, *, required: bool = False) -> None:
+    def add(label: str, loader, *, required: bool = False, distribution: str | None = None) -> None:
         try:
             module = loader()
         except Exception as exc:  # a broken plugin must not take the others down
@@ -128,6 +130,7 @@ def discover(extra_modules: list[str] | tuple[str, ...] = ()) -> PluginHost:
             return
         labels[id(module)] = label
         in_order.append(module)
+        distributions[id(module)] = distribution
         host.loaded.append(label)
 
     allowed = allow_list()
@@ -139,7 +142,7 @@ def discover(extra_modules: list[str] | tuple[str, ...] = ()) -> PluginHost:
             if not names:
                 continue
             matched |= names
-        add(f"{dist} ({ep.value})", ep.load)
+        add(f"{dist} ({ep.value})", ep.load, distribution=None if dist == "?" else dist)
     if allowed:
         for name in sorted(allowed - matched):
             host.warnings.append(f"{ALLOW_LIST_ENV}: {name!r} matches no installed plugin distribution or "
@@ -177,7 +180,8 @@ def discover(extra_modules: list[str] | tuple[str, ...] = ()) -> PluginHost:
             host.failures.append(PluginFailure(label, stage, msg, traceback.format_exc()))
             continue
         for registry, name, factory, meta in staged:
-            registry.register(name, factory, plugin=label, **meta)
+            origin = provenance_of(plugin, factory, distributions.get(id(plugin)))
+            registry.register(name, factory, plugin=label, provenance=origin.describe(), **meta)
     return host
 
 

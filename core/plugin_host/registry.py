@@ -18,6 +18,7 @@ class Registration:
     factory: Any
     plugin: str  # "distribution (module)" or just the module for --plugin / built-in sources
     meta: dict = field(default_factory=dict)
+    provenance: str = ""  # "<distribution> <version>[ source <hash>]" (plugin_host/provenance.py)
 
 
 class Registry:
@@ -29,7 +30,7 @@ class Registry:
         self._items: dict[str, Registration] = {}
         self.unknown_hint = ""  # said after an unknown name (e.g. that an allow-list is set)
 
-    def register(self, name: str, factory: Any, *, plugin: str, **meta) -> None:
+    def register(self, name: str, factory: Any, *, plugin: str, provenance: str = "", **meta) -> None:
         if not isinstance(name, str) or not name.isidentifier():
             raise PluginError(f"{plugin}: {self.kind} name {name!r} must be a Python identifier")
         if name in self._items:
@@ -44,7 +45,7 @@ class Registry:
                 f"{plugin}: {self.kind} {name!r} must be a subclass of "
                 f"{self.base_class.__module__}.{self.base_class.__qualname__}, got {factory!r}"
             )
-        self._items[name] = Registration(self.kind, name, factory, plugin, dict(meta))
+        self._items[name] = Registration(self.kind, name, factory, plugin, dict(meta), provenance)
 
     def __contains__(self, name: str) -> bool:
         return name in self._items

@@ -47,7 +47,28 @@ class Tag:
     BASELINE = PREFIX + "baseline"  # "true" when the family declared itself a no-attention baseline
     DEVICE = PREFIX + "device"
     ERROR = PREFIX + "error"  # one-line reason on FAILED runs
+    # Claims (core/run/claims.py): a RUNNING run is a claim on its run_key while its heartbeat is fresh.
+    OWNER = PREFIX + "owner"  # host:pid of the process that holds the run
+    HEARTBEAT = PREFIX + "heartbeat"  # unix seconds, refreshed while the run is alive
+    CLAIM = PREFIX + "claim"  # CLAIM_PENDING, then CLAIM_HELD, or "lost to <run id>"
+    CLOSED_BECAUSE = PREFIX + "closed_because"  # why someone else closed this run (LOST_HEARTBEAT)
+    # Provenance: the plugin that provided each part, "<distribution> <version>[ source <hash>]".
+    PROVIDED_BY = PREFIX + "provided_by."  # + "task" / "family" / "attention"
     HEAD_STATS = PREFIX + "head_stats"  # why a run has no head statistics (variant returns no weights)
+
+
+CLAIM_PENDING = "pending"  # created, waiting to see whether another claimer got there first
+CLAIM_HELD = "held"  # won: this run trains the pairing
+LOST_HEARTBEAT = "lost heartbeat"
+
+
+def claim_lost_to(run_id: str) -> str:
+    return f"lost to {run_id}"
+
+
+def provenance_tags(provenance: dict[str, str]) -> dict[str, str]:
+    """``{"task": "attnbench 0.1.0", ...}`` -> ``{"attnbench.provided_by.task": ...}``."""
+    return {Tag.PROVIDED_BY + part: text for part, text in provenance.items()}
 
 
 ROLE_PARENT = "parent"
@@ -114,6 +135,11 @@ def parent_tags(grid: str, note: str = "") -> dict[str, str]:
     if note:
         tags[NOTE] = note
     return tags
+
+
+def run_key_filter(run_key: str) -> str:
+    """``search_runs`` filter for every child run of one pairing (any status)."""
+    return f"{CHILD_FILTER} and tags.`{Tag.RUN_KEY}` = '{run_key}'"
 
 
 def child_tags(*, parent_run_id: str, grid: str, task: str, kind: str, family: str, model: str,

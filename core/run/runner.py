@@ -1,77 +1,49 @@
 """Run a grid: one MLflow parent run per invocation, one nested child run per pairing.
 
-A pairing that raises (or whose loss is not finite) ends as a FAILED child run with its
-traceback as an artifact, and the grid goes on. Pairings whose ``attnbench.run_key``
-already FINISHED in the experiment are skipped.
+The runner orchestrates; it trains nothing itself. It closes stale runs a dead worker left
+behind, skips pairings that already FINISHED, hands the others to an executor (this process,
+local worker processes or Ray; see executors.py), waits for pairings another invocation holds
+(claims.py), shows progress, and closes the parent run on every exit path: done, a failure,
+SIGINT/SIGTERM/SIGHUP (interrupts.py), or an exception of its own.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
-import traceback
-from dataclasses import dataclass, field
+from collections import deque
 from pathlib import Path
 from typing import Callable
 
-import torch
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
+from mlflow.entities import Param
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..config import ExperimentFile, RunSpec
-from ..config.eval_override import attention_options_override
-from ..phases import DATA, EVAL, PICTURES, TRACKING, PhaseClock, TimedCalls, phase
+from ..config.execution import ExecutionConfig
 from ..plugin_host import PluginHost
-from ..tasks import Task
-from . import record
+from . import claims, record
+from .display import make_display
+from .pairing import PairingOutcome
 from .record import PERF, Tag
-from .timings import phase_line, phase_metrics
-from .tracking import check_artifact_root_writable, check_writable, get_or_create_experiment
-from .training import (NonFiniteLossError, count_parameters, evaluate_split, fit, planned_steps, select_device,
-                       seed_everything)
+from .timings import phase_line
+from .tracking import check_artifact_root_writable, check_store, get_or_create_experiment, open_client, store_lock
+from .worker import GridJob, UnitResult, Worker, default_threads
 
-@dataclass
-class PairingOutcome:
-    spec: RunSpec
-    status: str  # FINISHED | FAILED | KILLED | SKIPPED
-    run_id: str | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    error: str = ""
-
-
-class MetricBuffer:
-    """Batches metric writes (one DB transaction per flush instead of one per value)."""
-
-    def __init__(self, client: MlflowClient, run_id: str, size: int = 200):
-        self.client, self.run_id, self.size = client, run_id, size
-        self.pending: list[Metric] = []
-        self.latest: dict[str, float] = {}
-
-    def log(self, key: str, value: float, step: int) -> None:
-        self.pending.append(Metric(key, float(value), int(time.time() * 1000), int(step)))
-        self.latest[key] = float(value)
-        if len(self.pending) >= self.size:
-            self.flush()
-
-    def flush(self) -> None:
-        while self.pending:  # log_batch takes at most 1000 metrics a call
-            chunk, self.pending = self.pending[:1000], self.pending[1000:]
-            self.client.log_batch(self.run_id, metrics=chunk)
+__all__ = ["GridRunner", "PairingOutcome", "summary_tables"]
 
 
 class GridRunner:
-    """Trains every pairing of a grid and records it in MLflow."""
+    """Trains every pairing of a grid (through an executor) and records it in MLflow."""
 
     def __init__(self, experiment: ExperimentFile, specs: list[RunSpec], *, host: PluginHost,
-                 tracking_uri: str, artifact_root_uri: str, grid_text: str, grid_source: str,
+                 tracking_uri: str, artifact_root_uri: str | None, grid_text: str, grid_source: str,
                  overrides: list[str] | tuple[str, ...] = (), console: Console | None = None,
                  cache_dir: Path | None = None, device: str | None = None,
-                 summarize: Callable[[MlflowClient, str, str], object] | None = None):
+                 summarize: Callable[[object, str, str], object] | None = None,
+                 raw: dict | None = None, plugin_modules: list[str] | tuple[str, ...] = (),
+                 execution: ExecutionConfig | None = None):
         self.experiment = experiment
         self.specs = specs
         self.host = host
@@ -83,7 +55,10 @@ class GridRunner:
         self.console = console or Console()
         self.cache_dir = Path(cache_dir or os.environ.get("ATTNBENCH_CACHE", ".attnbench_cache"))
         self.device_override = device
-        self._tasks: dict[str, Task | BaseException] = {}
+        # the grid after --set: what other processes rebuild the specs from
+        self.raw = raw if raw is not None else experiment.model_dump(mode="json")
+        self.plugin_modules = list(plugin_modules)
+        self.execution = execution or experiment.execution
         # (client, experiment id, parent run id) -> logs the grid summary on the parent run;
         # passed in by the CLI so that running never imports the compare stage.
         self.summarize = summarize
@@ -91,57 +66,153 @@ class GridRunner:
     # ------------------------------------------------------------------ public
 
     def run(self) -> list[PairingOutcome]:
-        check_writable(self.tracking_uri)
+        check_store(self.tracking_uri)
         check_artifact_root_writable(self.artifact_root_uri)
-        # every client call inside a pairing counts as its "tracking" phase
-        client = TimedCalls(MlflowClient(self.tracking_uri), TRACKING)
-        self.client = client
-        self.experiment_id = get_or_create_experiment(client, self.experiment.name, self.artifact_root_uri)
-        finished = self._finished_runs()
+        client = self.client = open_client(self.tracking_uri)
+        with store_lock(self.tracking_uri):
+            self.experiment_id = get_or_create_experiment(client, self.experiment.name, self.artifact_root_uri)
+        self._close_stale()
+        lease = self.execution
         parent = client.create_run(self.experiment_id, run_name=f"{self.experiment.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                                   tags=record.parent_tags(self.experiment.name, note=f"Grid file `{self.grid_source}`:\n\n```yaml\n{self.grid_text}\n```"))
+                                   tags=record.parent_tags(self.experiment.name, note=f"Grid file `{self.grid_source}`:\n\n```yaml\n{self.grid_text}\n```")
+                                   | {Tag.OWNER: claims.owner_id(), Tag.HEARTBEAT: f"{time.time():.3f}"})
         self.parent_id = parent.info.run_id
-        client.log_batch(self.parent_id, params=[Param("grid.file", self.grid_source),
-                                                 Param("grid.overrides", json.dumps(self.overrides)),
-                                                 Param("grid.runs", str(len(self.specs)))])
-        client.log_text(self.parent_id, self.grid_text, record.GRID_FILE)
-        outcomes: list[PairingOutcome] = []
-        current: dict = {}
+        heartbeat = claims.Heartbeat(self.tracking_uri, lease.heartbeat_every_s)
+        heartbeat.add(self.parent_id)
+        self.outcomes: dict[int, PairingOutcome] = {}
+        executor = None
         try:
-            with self._progress() as progress:
-                grid_bar = progress.add_task("grid", total=len(self.specs), info="")
-                for spec in self.specs:
-                    if spec.run_key in finished:
-                        run = finished[spec.run_key]
-                        self.console.print(f"[dim]skip {spec.run_name}: run_key {spec.run_key} already FINISHED (run {run.info.run_id[:8]})[/dim]")
-                        outcomes.append(PairingOutcome(spec, "SKIPPED", run.info.run_id, dict(run.data.metrics)))
-                    else:
-                        with PhaseClock().current() as clock:
-                            outcomes.append(self._run_pairing(spec, progress, current, clock))
-                        current.clear()
-                        self._report(outcomes[-1], len(outcomes))
-                    progress.advance(grid_bar)
-        except KeyboardInterrupt:
-            if current.get("run_id"):
-                current["buffer"].flush()
-                client.set_terminated(current["run_id"], "KILLED")
-                outcomes.append(PairingOutcome(current["spec"], "KILLED", current["run_id"]))
-            client.set_terminated(self.parent_id, "KILLED")
+            client.log_batch(self.parent_id, params=[Param("grid.file", self.grid_source),
+                                                     Param("grid.overrides", json.dumps(self.overrides)),
+                                                     Param("grid.runs", str(len(self.specs))),
+                                                     Param("grid.executor", lease.executor),
+                                                     Param("grid.workers", str(lease.workers))])
+            client.log_text(self.parent_id, self.grid_text, record.GRID_FILE)
+            with make_display(self.console, len(self.specs)) as display:
+                self.display = display
+                todo = self._skip_finished()
+                if todo:
+                    executor = self._executor(heartbeat)
+                    self._drive(executor, todo)
+                    executor.stop()
+                    executor = None
+            outcomes = [self.outcomes[i] for i in sorted(self.outcomes)]
+            self._summarize_to_parent()
+            failed = any(o.status == "FAILED" for o in outcomes)
+            client.set_terminated(self.parent_id, "FAILED" if failed else "FINISHED")
+            return outcomes
+        except BaseException as exc:
+            self._abort(executor, exc)
             raise
-        failed = [o for o in outcomes if o.status == "FAILED"]
-        self._summarize_to_parent()
-        client.set_terminated(self.parent_id, "FAILED" if failed else "FINISHED")
-        return outcomes
+        finally:
+            heartbeat.stop()
+
+    # ------------------------------------------------------------------ the loop
+
+    def _skip_finished(self) -> list[int]:
+        finished = self._finished_runs()
+        todo = []
+        for i, spec in enumerate(self.specs):
+            run = finished.get(spec.run_key)
+            if run is None:
+                todo.append(i)
+                continue
+            self.console.print(f"[dim]skip {spec.run_name}: run_key {spec.run_key} already FINISHED (run {run.info.run_id[:8]})[/dim]")
+            self.outcomes[i] = PairingOutcome(spec, "SKIPPED", run.info.run_id, dict(run.data.metrics))
+            self.display.advance()
+        return todo
+
+    def _drive(self, executor, todo: list[int]) -> None:
+        """Submit pairings as slots free up; wait for those another invocation holds."""
+        pending = deque(todo)
+        while pending or self._waiting or self._in_flight:
+            now = time.monotonic()
+            for index, when in list(self._waiting.items()):
+                if when <= now:
+                    del self._waiting[index]
+                    pending.append(index)
+            while pending and len(self._in_flight) < executor.slots:
+                index = pending.popleft()
+                spec = self.specs[index]
+                state = claims.pairing_state(self.client, self.experiment_id, spec.run_key, self.execution.lease_s)
+                holder = state.finished or (state.live[0] if state.live else None)
+                if holder is not None:  # finished or held elsewhere meanwhile: no worker needed
+                    self._done(index, UnitResult(index, "SKIPPED" if state.finished else "CLAIMED", holder.info.run_id,
+                                                 dict(holder.data.metrics), holder=claims.holder_text(holder)))
+                    continue
+                self._in_flight.add(index)
+                self.display.start(index, spec.run_name)
+                executor.submit(index)
+            idle = not self._in_flight and self._waiting
+            executor.poll(max(0.05, min(self._waiting.values()) - time.monotonic()) if idle else 0.5)
+
+    def _on_event(self, index: int, kind: str, value) -> None:
+        """Executors report here, in this process's main thread."""
+        if kind == "note":
+            self.console.print(str(value), highlight=False)
+        elif kind == "done":
+            self._in_flight.discard(index)
+            self._done(index, value)
+        else:
+            self.display.update(index, kind, value)
+
+    def _done(self, index: int, result: UnitResult) -> None:
+        spec = self.specs[index]
+        self.display.drop(index)
+        if result.status == "CLAIMED":  # another invocation trains it: look again later
+            if index not in self._told_claimed:
+                self._told_claimed.add(index)
+                self.console.print(f"[dim]wait {spec.run_name}: claimed by {result.holder}[/dim]", highlight=False)
+            self._waiting[index] = time.monotonic() + self._recheck_s
+            return
+        self.display.advance()
+        if result.status == "SKIPPED":
+            self.console.print(f"[dim]skip {spec.run_name}: FINISHED by {result.holder}[/dim]", highlight=False)
+        outcome = PairingOutcome(spec, result.status, result.run_id, result.metrics, result.error)
+        self.outcomes[index] = outcome
+        if result.status != "SKIPPED":
+            self._report(outcome, len(self.outcomes))
+
+    def _executor(self, heartbeat):
+        from .executors import InProcessExecutor, LocalPoolExecutor, RayExecutor
+
+        execution = self.execution
+        job = GridJob(raw=self.raw, source=self.grid_source, plugin_modules=self.plugin_modules,
+                      tracking_uri=self.tracking_uri, experiment_id=self.experiment_id, parent_id=self.parent_id,
+                      run_keys=[s.run_key for s in self.specs], execution=execution, cache_dir=str(self.cache_dir.resolve()),
+                      device=self.device_override)
+        self._in_flight, self._waiting, self._told_claimed = set(), {}, set()
+        self._recheck_s = max(0.5, min(5.0, execution.heartbeat_every_s))
+        on_event = self._on_event
+        if execution.executor == "ray":
+            use_gpu = (self.device_override or self.specs[0].train.device) == "cuda" or _cuda_visible()
+            job.threads = self.specs[0].train.threads or 1
+            return RayExecutor(job, on_event, execution.workers, execution.ray_address, use_gpu)
+        if execution.workers == 1:
+            worker = Worker(job, host=self.host, specs=self.specs, heartbeat=heartbeat)
+            return InProcessExecutor(worker, on_event)
+        job.threads = self.specs[0].train.threads or default_threads(execution.workers)
+        return LocalPoolExecutor(job, on_event, execution.workers)
+
+    def _abort(self, executor, exc: BaseException) -> None:
+        """Every exit that is not a normal end: stop the workers, close what is still open."""
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        status = "KILLED" if interrupted else "FAILED"
+        try:
+            if executor is not None:
+                executor.stop(interrupted=True)
+            for run in self.client.search_runs([self.experiment_id], filter_string=(
+                    f"tags.`{record.PARENT_RUN_ID}` = '{self.parent_id}' and attributes.status = 'RUNNING'")):
+                self.client.set_terminated(run.info.run_id, status)
+                index = next((i for i, s in enumerate(self.specs) if s.run_key == run.data.tags.get(Tag.RUN_KEY)), None)
+                if index is not None:
+                    self.outcomes[index] = PairingOutcome(self.specs[index], status, run.info.run_id)
+            if not interrupted:
+                self.client.set_tag(self.parent_id, Tag.ERROR, f"{type(exc).__name__}: {exc}"[:5000])
+        finally:
+            self.client.set_terminated(self.parent_id, status)
 
     # ------------------------------------------------------------------ internals
-
-    def _progress(self) -> Progress:
-        # One bar for the grid, one for the current run's steps (added per pairing).
-        # 4 redraws a second, not rich's 10: each redraw holds the GIL ~2 ms, time the training
-        # loop of a 1-thread run would otherwise lose (benchmarks/bench_overhead.py)
-        return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=self.console, refresh_per_second=4)
 
     def _report(self, outcome: PairingOutcome, done: int) -> None:
         """One line per finished pairing: the log when output is not a terminal (CI, pipes)."""
@@ -165,135 +236,11 @@ class GridRunner:
         )
         return {r.data.tags.get(Tag.RUN_KEY): r for r in runs}
 
-    def _task_for(self, spec: RunSpec) -> Task:
-        """One prepared task per (name, options) per grid, shared by all its models and seeds."""
-        key = spec.task + json.dumps(spec.task_options.model_dump(mode="json"), sort_keys=True)
-        if key not in self._tasks:
-            task_cls = self.host.task.get(spec.task).factory
-            try:
-                task = task_cls(spec.task_options, cache_dir=self.cache_dir)
-                task.prepare()
-                self._tasks[key] = task
-            except Exception as exc:  # remembered, so the task's other pairings fail the same way fast
-                self._tasks[key] = exc
-        found = self._tasks[key]
-        if isinstance(found, BaseException):
-            raise found
-        return found
-
-    def _run_pairing(self, spec: RunSpec, progress: Progress, current: dict, clock: PhaseClock) -> PairingOutcome:
-        client = self.client
-        task_cls = self.host.task.get(spec.task).factory
-        family_cls = self.host.model.get(spec.family).factory
-        family = family_cls(spec.family_options)
-        tags = record.child_tags(
-            parent_run_id=self.parent_id, grid=spec.grid_name, task=spec.task, kind=task_cls.kind,
-            family=spec.family, model=spec.model_label, seed=spec.seed, run_key=spec.run_key,
-            primary_metric=task_cls.primary_metric, greater_is_better=task_cls.greater_is_better,
-            description=spec.description, metric_scale=task_cls.metric_scale, baseline=family.is_baseline,
-            extra=family.tags())
-        run = client.create_run(self.experiment_id, run_name=spec.run_name, tags=tags)
-        run_id = run.info.run_id
-        buffer = MetricBuffer(client, run_id)
-        current.update(run_id=run_id, spec=spec, buffer=buffer)
-        step_bar = progress.add_task(spec.run_name, total=None, info="preparing data")
-        started = time.perf_counter()
-        try:
-            client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in spec.params().items()])
-            with phase(DATA):
-                task = self._task_for(spec)
-                io = task.prepare()
-            seed_everything(spec.seed)  # model initialisation depends on the seed only
-            model = family.build(io, spec.dims, self.host)
-            # again after build: families record attention fallbacks while building
-            client.log_batch(run_id, tags=[RunTag(record.tag(k), str(v)) for k, v in family.tags().items()])
-            device = select_device(self.device_override or spec.train.device)
-            buffer.log(PERF["params"], count_parameters(model), 0)
-            progress.update(step_bar, total=planned_steps(task, spec.train), info="")
-            result = fit(
-                task, model, spec.train, seed=spec.seed, device=device, log_metric=buffer.log,
-                on_step=lambda step, loss: progress.update(step_bar, completed=step, info=f"loss {loss:.3f}"),
-                on_phase=lambda phase: progress.update(step_bar, info=phase),
-            )
-            wall = time.perf_counter() - started
-            buffer.log(PERF["tokens_per_s"], result.train_tokens / max(result.train_seconds, 1e-9), result.steps)
-            buffer.log(PERF["wall_s"], wall, result.steps)
-            buffer.log(PERF["train_s"], result.train_seconds, result.steps)
-            buffer.log(PERF["peak_mem_mib"], result.peak_mem_mib, result.steps)
-            buffer.log(PERF["steps"], result.steps, result.steps)
-            buffer.flush()
-            self._log_evaluation(run_id, result.test)
-            for override in spec.evaluate_with:
-                progress.update(step_bar, info=f"evaluating test with {override.name}")
-                self._evaluate_override(run_id, task, model, spec, device, override, buffer)
-            self._log_pictures(run_id, task, model, result)
-            if spec.train.save_checkpoint:
-                self._log_checkpoint(run_id, model)
-            client.log_batch(run_id, tags=[RunTag(Tag.DEVICE, device.type)])
-            self._log_phases(buffer, clock, result.steps)
-            client.set_terminated(run_id, "FINISHED")
-            return PairingOutcome(spec, "FINISHED", run_id, dict(buffer.latest))
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:
-            self._log_phases(buffer, clock, 0)
-            client.log_text(run_id, traceback.format_exc(), record.TRACEBACK)
-            message = str(exc) if isinstance(exc, NonFiniteLossError) else f"{type(exc).__name__}: {exc}"
-            client.set_tag(run_id, Tag.ERROR, message[:5000])
-            client.set_terminated(run_id, "FAILED")
-            self.console.print(f"[red]FAILED {spec.run_name}: {message}[/red]")
-            return PairingOutcome(spec, "FAILED", run_id, dict(buffer.latest), message)
-        finally:
-            progress.remove_task(step_bar)
-
-    def _log_evaluation(self, run_id: str, evaluation) -> None:
-        if evaluation is None:
-            return
-        if evaluation.predictions:
-            lines = "\n".join(json.dumps(p, ensure_ascii=False, default=str) for p in evaluation.predictions)
-            self.client.log_text(run_id, lines + "\n", record.PREDICTIONS)
-        for name, content in evaluation.artifacts.items():
-            if isinstance(content, bytes):
-                with tempfile.TemporaryDirectory() as tmp:
-                    path = Path(tmp) / name
-                    path.write_bytes(content)
-                    self.client.log_artifact(run_id, str(path))
-            else:
-                self.client.log_text(run_id, content, name)
-        if evaluation.tags:
-            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in evaluation.tags.items()])
-
-    def _evaluate_override(self, run_id, task, model, spec, device, override, buffer) -> None:
-        """Evaluate the test split again with changed attention options: ``test_<name>/<metric>``."""
-        with attention_options_override(model, override.attention_options) as changed, phase(EVAL):
-            evaluation = evaluate_split(task, model, "test", spec.train, device)
-        for name, value in evaluation.metrics.items():
-            buffer.log(record.override_prefix(override.name) + name, float(value), 0)
-        buffer.log(record.override_prefix(override.name) + "attention_modules_changed", changed, 0)
-        buffer.flush()
-
-    def _log_pictures(self, run_id: str, task: Task, model: torch.nn.Module, result) -> None:
-        """Training curves and attention maps; a picture that fails never fails the run."""
-        try:
-            from .pictures import log_run_pictures  # matplotlib: imported when the first run ends
-
-            with phase(PICTURES):
-                log_run_pictures(self.client, run_id, task, model, result)
-        except Exception as exc:
-            self.console.print(f"[yellow]warning: pictures for run {run_id[:8]} failed: {type(exc).__name__}: {exc}[/yellow]")
-
-    @staticmethod
-    def _log_phases(buffer: MetricBuffer, clock: PhaseClock, step: int) -> None:
-        """Seconds per phase (perf/phase/*): the last write, so that nearly all tracking is in it."""
-        for name, seconds in phase_metrics(clock).items():
-            buffer.log(name, seconds, step)
-        buffer.flush()
-
-    def _log_checkpoint(self, run_id: str, model: torch.nn.Module) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model.pt"
-            torch.save(model.state_dict(), path)
-            self.client.log_artifact(run_id, str(path), record.CHECKPOINT)
+    def _close_stale(self) -> None:
+        """Runs a dead worker or invocation left RUNNING: FAILED ("lost heartbeat"), re-run below."""
+        stale = claims.find_stale(self.client, [self.experiment_id], self.execution.lease_s)
+        for line in claims.close_stale(self.client, stale, self.execution.lease_s):
+            self.console.print(f"[yellow]{line}[/yellow]", highlight=False)
 
     def _summarize_to_parent(self) -> None:
         if self.summarize is None:
@@ -302,6 +249,12 @@ class GridRunner:
             self.summarize(self.client, self.experiment_id, self.parent_id)
         except Exception as exc:
             self.console.print(f"[yellow]warning: grid summary on the parent run failed: {type(exc).__name__}: {exc}[/yellow]")
+
+
+def _cuda_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def compact(n: float) -> str:
