@@ -134,6 +134,8 @@ def test_logged_bleu_is_recomputable_from_predictions(tmp_path, strategy):
     assert len(ev.predictions) == 40 and {"id", "input", "prediction", "reference"} <= set(ev.predictions[0])
     assert ev.metrics["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
     assert ev.metrics["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+    assert ev.metrics["bleu_lc"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs], lowercase=True).score)
+    assert "|case:lc|" in ev.tags["sacrebleu.bleu_lc_signature"]
     for name, low, high in bucket_names([10, 20, 30]):
         picked = [p for p in ev.predictions if low <= len(p["input"].split()) <= high]
         assert picked, f"test split should cover {name}"

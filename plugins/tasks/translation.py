@@ -186,8 +186,12 @@ class TranslationTask(SplitTask):
         rows = self.examples[split]
         references = [r["target"] for r in rows]
         bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
+        # Lower-cased BLEU on 13a tokens: the convention of tutorials that report BLEU on
+        # lower-cased, tokenised text (e.g. the Multi30k figures people quote); never the headline.
+        bleu_lc = sacrebleu.metrics.BLEU(lowercase=True)
         metrics = {"bleu": bleu.corpus_score(hypotheses, [references]).score,
-                   "chrf": chrf.corpus_score(hypotheses, [references]).score}
+                   "chrf": chrf.corpus_score(hypotheses, [references]).score,
+                   "bleu_lc": bleu_lc.corpus_score(hypotheses, [references]).score}
         source_lengths = [len(r["source"].split()) for r in rows]
         buckets = {}
         for name, low, high in bucket_names(self.options.length_buckets):
@@ -199,6 +203,7 @@ class TranslationTask(SplitTask):
         predictions = [{"id": r["id"], "input": r["source"], "prediction": h, "reference": r["target"], "source_length": n}
                        for r, h, n in zip(rows, hypotheses, source_lengths)]
         tags = {"sacrebleu.signature": bleu.get_signature().format(),
+                "sacrebleu.bleu_lc_signature": bleu_lc.get_signature().format(),
                 "sacrebleu.chrf_signature": chrf.get_signature().format()}
         return Evaluation(metrics=metrics, predictions=predictions, tags=tags,
                           artifacts={"length_buckets.json": json.dumps(buckets, indent=1)})
