@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import replace
 
 from ..errors import BadInputError
 from ..significance import ALPHA
+from ..tasks import trivial_metric
 from .stats import Stat
 from .summary import Comparison, ModelRow, TaskSummary
 
@@ -86,6 +88,19 @@ def task_cells(task: TaskSummary, row: ModelRow, compact: bool = False) -> list[
             + [delta_cell(row, primary, column_decimals(task, primary)), p_cell(row)])
 
 
+def trivial_rows(task: TaskSummary, compact: bool = False) -> list[list[str]]:
+    """One row per trivial baseline under the models: its scores in the model metrics' columns
+    (std only where runs disagree, i.e. saw different data), nothing in the other columns."""
+    metrics = task.metric_names(headline=compact)
+    rows = []
+    for name, stats in task.trivial_baselines.items():
+        cells = [stat_cell(replace(s, std=s.std or None), s.n, column_decimals(task, m)) if (s := stats.get(m)) else ""
+                 for m in metrics]
+        ids = [f"trivial: {name}", ""] if compact else [f"trivial: {name}", "", "", ""]
+        rows.append(ids + cells + [""] * len(PERF_HEADERS) + ["", ""])
+    return rows
+
+
 def params_cell(task: TaskSummary, row: ModelRow) -> str:
     """Parameter count, with its ratio to the baseline's: comparisons are fair only between
     models of similar size, and this keeps the size gap in view."""
@@ -109,6 +124,9 @@ def footnote(comparison: Comparison) -> str:
     methods = sorted({t.significance_method for t in comparison.tasks} - {""})
     text = (f"mean ± sample std over the n seeds; * p < {ALPHA} against the task's no-attention baseline "
             f"({'; '.join(methods) or 'no tests'}; units paired by seed and example id).")
+    if any(t.trivial_baselines for t in comparison.tasks):
+        text += (" Rows 'trivial: <name>' are baselines the task computed from the data alone (no model; "
+                 "docs/tasks.md), neither ranked nor tested.")
     if comparison.superseded:
         text += f" {comparison.superseded} earlier attempt(s) superseded by a re-run were left out."
     return text
@@ -140,7 +158,7 @@ def to_markdown(comparison: Comparison) -> str:
         parts.append(f"Parent run `{comparison.parent_run_id}`.")
     for task in comparison.tasks:
         parts.append(f"## {task_title(task)}")
-        parts.append(table(task_header(task), [task_cells(task, row) for row in task.rows]))
+        parts.append(table(task_header(task), [task_cells(task, row) for row in task.rows] + trivial_rows(task)))
         parts.extend(missing_p_notes(task))
     if not comparison.tasks:
         parts.append("No finished runs.")
@@ -153,13 +171,18 @@ def to_markdown(comparison: Comparison) -> str:
 
 def to_csv(comparison: Comparison) -> str:
     """One row per (task, model); metric columns are the union over tasks (empty where absent).
+    A task's trivial baselines are columns ``test/trivial_<name>_<metric>_mean`` / ``_std`` of
+    each of its rows (the same values in every row).
 
     Grids with ``evaluate_with`` add their matrices' cells as metric columns of the row of
     the model trained that way: ``test_<evaluation>/<metric>_mean`` / ``_std``."""
     matrix_cells = {(m.task, row, m.metric_key(column)): stat for m in comparison.matrices
                     for (row, column), stat in m.cells.items() if column != m.columns[0]}
+    trivial_cells = {(t.task, "test/" + trivial_metric(name, metric.removeprefix("test/"))): stat
+                     for t in comparison.tasks for name, stats in t.trivial_baselines.items()
+                     for metric, stat in stats.items()}
     metric_names = sorted({m for t in comparison.tasks for m in t.metric_names()}
-                          | {key for _, _, key in matrix_cells})
+                          | {key for _, _, key in matrix_cells} | {key for _, key in trivial_cells})
     header = ["task", "kind", "model", "family", "attention", "is_baseline", "n", "seeds",
               "primary_metric", "greater_is_better"]
     for m in metric_names:
@@ -173,7 +196,8 @@ def to_csv(comparison: Comparison) -> str:
             cells = [task.task, task.kind, row.model, row.family, row.attention, row.is_baseline, row.n,
                      " ".join(map(str, row.seeds)), task.primary_metric, task.greater_is_better]
             for m in metric_names:
-                s = row.metrics.get(m) or matrix_cells.get((task.task, row.model, m))
+                s = (row.metrics.get(m) or matrix_cells.get((task.task, row.model, m))
+                     or trivial_cells.get((task.task, m)))
                 cells += [s.mean if s else "", s.std if s and s.std is not None else ""]
             cells += [row.perf[k].mean if k in row.perf else "" for k in PERF_HEADERS]
             cells += [task.baseline or "", "" if row.delta is None else row.delta,
@@ -211,6 +235,8 @@ def print_table(comparison: Comparison, console=None) -> None:
         for row in task.rows:
             style = "bold" if row.is_baseline else ("green" if row.significant else None)
             table.add_row(*task_cells(task, row, compact=True), style=style)
+        for cells in trivial_rows(task, compact=True):
+            table.add_row(*cells, style="dim")
         console.print(table)
         for note in missing_p_notes(task):
             console.print(note, style="dim")

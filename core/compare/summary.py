@@ -6,7 +6,9 @@ with several, the best one, so a claimed gain is a gain over the strongest basel
 tested for significance on the saved predictions with the test the task declares
 (``Task.significance``, looked up through the plugin host). Runs that did not finish are
 listed separately and never enter a mean. Grids with ``evaluate_with`` also get their
-trained-with x evaluated-with matrices (:mod:`.matrix`).
+trained-with x evaluated-with matrices (:mod:`.matrix`). Trivial baselines a task computed
+from the data alone (``test/trivial_<name>_<metric>``, :func:`attnbench.tasks.trivial_metric`)
+are no model: they are pooled per task into reference rows, outside the ranking and the tests.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from .. import significance
+from ..tasks import TRIVIAL_PREFIX, parse_trivial_metric
 from ..run.record import PERF, TEST, RunRecord
 from .matrix import EvalMatrix, matrices_of
 from .read import fetch_child_runs, find_experiment, read_predictions, select_attempts
@@ -56,6 +59,8 @@ class TaskSummary:
     baseline: str | None
     significance_method: str
     rows: list[ModelRow]
+    # trivial baseline -> {test/<metric>: Stat over every finished run of the task}
+    trivial_baselines: dict[str, dict[str, Stat]] = field(default_factory=dict)
 
     def metric_names(self, headline: bool = False) -> list[str]:
         """Primary metric first, then the other test metrics. ``headline`` leaves out the
@@ -101,7 +106,7 @@ def _unfinished_dict(r: RunRecord) -> dict:
 def _aggregate(model: str, runs: list[RunRecord]) -> ModelRow:
     names = {m for r in runs for m in r.metrics if m.startswith(TEST)}
     stats = {m: s for m in sorted(names) if (s := Stat.of([r.metrics.get(m) for r in runs])) is not None}
-    metrics = {m: s for m, s in stats.items() if not BUCKET_METRIC.match(m)}
+    metrics = {m: s for m, s in stats.items() if not BUCKET_METRIC.match(m) and not is_trivial(m)}
     buckets = {m: s for m, s in stats.items() if BUCKET_METRIC.match(m)}
     perf = {k: s for k, m in PERF_COLUMNS.items() if (s := Stat.of([r.metrics.get(m) for r in runs])) is not None}
     return ModelRow(
@@ -110,6 +115,22 @@ def _aggregate(model: str, runs: list[RunRecord]) -> ModelRow:
         seeds=sorted(r.seed for r in runs if r.seed is not None), metrics=metrics, perf=perf, buckets=buckets,
         run_ids=[r.run_id for r in runs],
     )
+
+
+def is_trivial(metric: str) -> bool:
+    return metric.startswith(TEST + TRIVIAL_PREFIX)
+
+
+def _trivial_baselines(runs: list[RunRecord], rows: list[ModelRow]) -> dict[str, dict[str, Stat]]:
+    """The task's trivial baselines, each metric pooled over all its runs (they saw the same data,
+    so the std is 0 unless runs of several configurations are compared)."""
+    own = {m.removeprefix(TEST) for row in rows for m in row.metrics}
+    out: dict[str, dict[str, Stat]] = {}
+    for name in sorted({m for r in runs for m in r.metrics if is_trivial(m)}):
+        parsed = parse_trivial_metric(name.removeprefix(TEST), own)
+        if parsed and (stat := Stat.of([r.metrics.get(name) for r in runs])) is not None:
+            out.setdefault(parsed[0], {})[TEST + parsed[1]] = stat
+    return out
 
 
 def declared_test(host, task: str) -> significance.SignificanceTest | None:
@@ -202,7 +223,8 @@ def summarize(records: list[RunRecord], *, experiment: str, parent_run_id: str |
         rows.sort(key=lambda row: (not row.is_baseline, -quality(row), row.model))
         test = declared_test(host, task_name)
         summary = TaskSummary(task_name, first.kind, primary, better, first.metric_scale,
-                              baseline.model if baseline else None, test.method if test else "", rows)
+                              baseline.model if baseline else None, test.method if test else "", rows,
+                              _trivial_baselines([r for runs in groups.values() for r in runs], rows))
         _significance(summary, test, host is not None and task_name in host.task, groups, client, with_significance)
         tasks.append(summary)
     return Comparison(experiment, parent_run_id, tasks, unfinished, superseded, records, matrices_of(finished))

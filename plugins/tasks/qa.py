@@ -19,7 +19,8 @@ context, so every context token is in at least one window.
   ``max_answer_len`` tokens, and both ends inside the context part; the best over all
   windows wins and is cut from the original context through the tokenizer's character
   offsets. Scores: exact match and F1 exactly as the official SQuAD v1.1 script
-  (:mod:`squad_metric`).
+  (:mod:`squad_metric`), next to the same scores of trivial baselines computed from the data
+  alone (:mod:`qa_baselines`, metrics ``trivial_<name>_<metric>``, once per split).
 
 Where one source split feeds several task splits (the offline SQuAD copy has only its
 validation split), the task carves it into disjoint, article-aligned slices in the order
@@ -40,6 +41,7 @@ from attnbench.data import (CLS, PAD, SEP, DataSource, TokenizerOptions, batch_i
                             require_columns, train_tokenizer)
 from attnbench.errors import BadInputError
 
+from .qa_baselines import ARTIFACT as BASELINES_ARTIFACT, TrivialBaselines, answer_words, score_baselines
 from .squad_metric import F1_SIGNIFICANCE, squad_scores
 from .synthetic_qa import StoryOptions, generate
 
@@ -181,6 +183,7 @@ class QATask(SplitTask):
         self.windows: dict[str, list[Window]] = {}
         self.tokenizer = None
         self._io: TaskIO | None = None
+        self._baselines: dict[str, TrivialBaselines] = {}
 
     # ---- data -------------------------------------------------------------------------
 
@@ -336,7 +339,21 @@ class QATask(SplitTask):
         ]
         metrics = squad_scores([p["prediction"] for p in predictions], [p["references"] for p in predictions])
         metrics.update(self._distance_metrics(predictions))
-        return Evaluation(metrics=metrics, predictions=predictions)
+        baselines = self.trivial_baselines(split)
+        metrics.update(baselines.metrics())
+        return Evaluation(metrics=metrics, predictions=predictions, artifacts={BASELINES_ARTIFACT: baselines.artifact(split)})
+
+    def trivial_baselines(self, split: str) -> TrivialBaselines:
+        """EM/F1 of the data-only baselines on ``split`` (:mod:`qa_baselines`), computed once per split.
+
+        Their answer length k comes from the training answers, never from the split scored."""
+        self._prepare_split(split)
+        if split not in self._baselines:
+            examples = self.examples[split]
+            k = answer_words([ex.answers for ex in self.examples["train"]])
+            self._baselines[split] = score_baselines([ex.context for ex in examples], [ex.question for ex in examples],
+                                                     [ex.answers for ex in examples], k)
+        return self._baselines[split]
 
     @staticmethod
     def _distance_metrics(predictions: list[dict]) -> dict[str, float]:
