@@ -68,6 +68,11 @@ def trivial_metric(baseline: str, metric: str) -> str:
     return f"{TRIVIAL_PREFIX}{baseline}_{metric}"
 
 
+def is_trivial_metric(name: str) -> bool:
+    """Whether ``name`` (with or without a split prefix such as ``val/``) is a trivial baseline's score."""
+    return name.rpartition("/")[2].startswith(TRIVIAL_PREFIX)
+
+
 def parse_trivial_metric(name: str, metrics) -> tuple[str, str] | None:
     """``(baseline, metric)`` of a :func:`trivial_metric` name, ``metric`` the longest of the task's
     ``metrics`` that ends it (``trivial_overlap_sentence_exact_match`` -> ``overlap_sentence``,

@@ -265,3 +265,43 @@ def test_run_record_reads_the_declarations_and_falls_back_for_older_runs():
     assert RunRecord.from_mlflow(run(older | {Tag.ATTENTION: "none"})).baseline
     assert not RunRecord.from_mlflow(run(older | {Tag.ATTENTION: "multihead"})).baseline
     assert RunRecord.from_mlflow(run(older)).metric_scale is None
+
+
+def test_trivial_baselines_are_reference_rows_outside_ranking_and_tests(tmp_path, migrated_store):
+    """Scores a task computed from the data alone (test/trivial_<name>_<metric>) are no model:
+    one pooled row per baseline under the models, in the model metrics' columns."""
+    from attnbench.tasks import trivial_metric
+
+    client = store_client(tmp_path, migrated_store)
+    exp = client.create_experiment("qa-trivial", artifact_location=str(tmp_path / "artifacts"))
+    parent = create_parent(client, exp, "qa-trivial")
+    trivial = {trivial_metric("overlap_sentence", "f1"): 21.5, trivial_metric("overlap_sentence", "exact_match"): 0.35,
+               trivial_metric("first_words", "f1"): 5.73, trivial_metric("first_words", "exact_match"): 2.16}
+    for seed in (0, 1):
+        for model, skill in (("rnn-lstm", 0.3), ("transformer-multihead", 0.9)):
+            run_id = log_child_run(client, exp, parent, task="qa", model=model, seed=seed, skill=skill)
+            for name, value in trivial.items():
+                client.log_metric(run_id, "test/" + name, value)
+    qa = compare.compare_experiment(client, "qa-trivial").tasks[0]
+
+    assert [r.model for r in qa.rows] == ["rnn-lstm", "transformer-multihead"] and qa.baseline == "rnn-lstm"
+    assert all(not m.startswith("test/trivial_") for r in qa.rows for m in r.metrics)
+    assert qa.metric_names() == ["test/f1", "test/exact_match"]
+    assert set(qa.trivial_baselines) == {"overlap_sentence", "first_words"}
+    pooled = qa.trivial_baselines["overlap_sentence"]["test/f1"]
+    assert (pooled.mean, pooled.std, pooled.n) == (pytest.approx(21.5), pytest.approx(0.0), 4)
+    assert row(qa, "transformer-multihead").significant  # the test still runs against the LSTM
+
+    summary = compare.compare_experiment(client, "qa-trivial")
+    text = compare_format.render(summary, "table")
+    line = next(ln for ln in text.splitlines() if "trivial: overlap_sentence" in ln)
+    assert "21.50" in line and "0.35" in line and "±" not in line
+    assert "neither ranked nor tested" in text
+    md = compare_format.render(summary, "markdown")
+    md_line = next(ln for ln in md.splitlines() if "trivial: first_words" in ln)
+    header = next(ln for ln in md.splitlines() if ln.startswith("| model"))
+    assert md_line.count("|") == header.count("|") and "5.73" in md_line
+    rows = list(csv.DictReader(io.StringIO(compare_format.render(summary, "csv"))))
+    assert [float(r["test/trivial_first_words_f1_mean"]) for r in rows] == pytest.approx([5.73, 5.73])
+    data = json.loads(compare_format.render(summary, "json"))
+    assert data["tasks"][0]["trivial_baselines"]["first_words"]["test/exact_match"]["mean"] == pytest.approx(2.16)

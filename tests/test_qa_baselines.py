@@ -129,3 +129,12 @@ def test_on_real_squad_the_overlap_baselines_beat_the_position_baseline():
     assert f1["first_words"] < f1["overlap_window"] < 100.0, f1
     # Whole sentences are rarely an exact answer; a k-word window sometimes is.
     assert result.scores["overlap_sentence"]["exact_match"] < result.scores["overlap_window"]["exact_match"], result.scores
+
+
+def test_training_curves_leave_the_flat_trivial_lines_out():
+    from attnbench.run.pictures import training_curves_figure
+
+    history = {"train/loss": [(0, 2.0), (1, 1.0)], "val/f1": [(1, 10.0), (2, 30.0)],
+               "val/" + trivial_metric("overlap_sentence", "f1"): [(1, 21.5), (2, 21.5)]}
+    _, ax_val = training_curves_figure(history).axes
+    assert [line.get_label() for line in ax_val.get_lines()] == ["val/f1"]

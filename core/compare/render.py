@@ -126,7 +126,7 @@ def footnote(comparison: Comparison) -> str:
             f"({'; '.join(methods) or 'no tests'}; units paired by seed and example id).")
     if any(t.trivial_baselines for t in comparison.tasks):
         text += (" Rows 'trivial: <name>' are baselines the task computed from the data alone (no model; "
-                 "docs/tasks.md), neither ranked nor tested.")
+                 "the task's docs say how), neither ranked nor tested.")
     if comparison.superseded:
         text += f" {comparison.superseded} earlier attempt(s) superseded by a re-run were left out."
     return text

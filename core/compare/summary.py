@@ -18,7 +18,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from .. import significance
-from ..tasks import TRIVIAL_PREFIX, parse_trivial_metric
+from ..tasks import is_trivial_metric, parse_trivial_metric
 from ..run.record import PERF, TEST, RunRecord
 from .matrix import EvalMatrix, matrices_of
 from .read import fetch_child_runs, find_experiment, read_predictions, select_attempts
@@ -118,7 +118,7 @@ def _aggregate(model: str, runs: list[RunRecord]) -> ModelRow:
 
 
 def is_trivial(metric: str) -> bool:
-    return metric.startswith(TEST + TRIVIAL_PREFIX)
+    return metric.startswith(TEST) and is_trivial_metric(metric)
 
 
 def _trivial_baselines(runs: list[RunRecord], rows: list[ModelRow]) -> dict[str, dict[str, Stat]]:

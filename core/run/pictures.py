@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..tasks import is_trivial_metric
 from .record import HEAD_STATS_PICTURE, HEADS_TABLE, PICTURES_DIR, Tag
 
 DPI = 90
@@ -109,7 +110,8 @@ def training_curves_figure(history: Mapping[str, Sequence], *, title: str | None
     ``MlflowClient.get_metric_history`` returns), e.g. ``train/loss``, ``val/accuracy``.
     """
     train = {k: v for k, v in history.items() if k.startswith("train/") and len(v)}
-    val = {k: v for k, v in history.items() if k.startswith("val/") and len(v)}
+    # trivial baselines (scores of the data alone) are flat lines, not learning curves
+    val = {k: v for k, v in history.items() if k.startswith("val/") and len(v) and not is_trivial_metric(k)}
     if not train and not val:
         raise ValueError(f"no train/* or val/* series in history (got {sorted(history)})")
     fig = Figure(figsize=(10, 3.6), layout="constrained")
