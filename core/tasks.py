@@ -46,7 +46,8 @@ class Evaluation:
 
     ``metrics``: name -> float, without split prefix (the runner adds ``val/`` or ``test/``).
     Scores of trivial baselines that the task computes from the data alone (no model) are
-    named by :func:`trivial_metric`; compare shows them as reference rows, never as a model.
+    named by :func:`attnbench.run.record.trivial_metric`; compare shows them as reference
+    rows, never as a model.
     ``predictions``: one dict per example with at least ``id``, ``input``, ``prediction``,
     ``reference`` (or ``references``); written as ``predictions.jsonl``.
     ``artifacts``: file name -> bytes or str content, logged next to the predictions.
@@ -57,34 +58,6 @@ class Evaluation:
     predictions: list[dict] = field(default_factory=list)
     artifacts: dict[str, bytes | str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
-
-
-TRIVIAL_PREFIX = "trivial_"
-
-
-def trivial_metric(baseline: str, metric: str) -> str:
-    """``trivial_<baseline>_<metric>``: the score ``metric`` (one of the task's own metrics, e.g.
-    ``f1``) of a trivial baseline computed from the data alone, e.g. ``trivial_first_words_f1``."""
-    return f"{TRIVIAL_PREFIX}{baseline}_{metric}"
-
-
-def is_trivial_metric(name: str) -> bool:
-    """Whether ``name`` (with or without a split prefix such as ``val/``) is a trivial baseline's score."""
-    return name.rpartition("/")[2].startswith(TRIVIAL_PREFIX)
-
-
-def parse_trivial_metric(name: str, metrics) -> tuple[str, str] | None:
-    """``(baseline, metric)`` of a :func:`trivial_metric` name, ``metric`` the longest of the task's
-    ``metrics`` that ends it (``trivial_overlap_sentence_exact_match`` -> ``overlap_sentence``,
-    ``exact_match``); None when ``name`` is not a trivial baseline's."""
-    if not name.startswith(TRIVIAL_PREFIX):
-        return None
-    rest = name[len(TRIVIAL_PREFIX):]
-    for metric in sorted(metrics, key=len, reverse=True):
-        if rest.endswith("_" + metric) and len(rest) > len(metric) + 1:
-            return rest[: -len(metric) - 1], metric
-    baseline, _, metric = rest.rpartition("_")  # a metric the models did not log
-    return (baseline, metric) if baseline and metric else None
 
 
 class Task:

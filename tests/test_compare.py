@@ -270,7 +270,7 @@ def test_run_record_reads_the_declarations_and_falls_back_for_older_runs():
 def test_trivial_baselines_are_reference_rows_outside_ranking_and_tests(tmp_path, migrated_store):
     """Scores a task computed from the data alone (test/trivial_<name>_<metric>) are no model:
     one pooled row per baseline under the models, in the model metrics' columns."""
-    from attnbench.tasks import trivial_metric
+    from attnbench.run.record import trivial_metric
 
     client = store_client(tmp_path, migrated_store)
     exp = client.create_experiment("qa-trivial", artifact_location=str(tmp_path / "artifacts"))

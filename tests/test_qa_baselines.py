@@ -14,7 +14,7 @@ from attnbench.config import TrainConfig
 from attnbench.plugins.tasks import qa_baselines as qb
 from attnbench.plugins.tasks.qa import QATask
 from attnbench.run.training import evaluate_split
-from attnbench.tasks import parse_trivial_metric, trivial_metric
+from attnbench.run.record import parse_trivial_metric, trivial_metric
 from conftest import SHARED_DATA
 
 CONTEXT = "The cat sat on the mat. Paris is the capital of France. The Eiffel Tower stands in Paris."

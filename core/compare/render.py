@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from ..errors import BadInputError
 from ..significance import ALPHA
-from ..tasks import trivial_metric
+from ..run.record import TEST, trivial_metric
 from .stats import Stat
 from .summary import Comparison, ModelRow, TaskSummary
 
@@ -178,7 +178,7 @@ def to_csv(comparison: Comparison) -> str:
     the model trained that way: ``test_<evaluation>/<metric>_mean`` / ``_std``."""
     matrix_cells = {(m.task, row, m.metric_key(column)): stat for m in comparison.matrices
                     for (row, column), stat in m.cells.items() if column != m.columns[0]}
-    trivial_cells = {(t.task, "test/" + trivial_metric(name, metric.removeprefix("test/"))): stat
+    trivial_cells = {(t.task, TEST + trivial_metric(name, metric.removeprefix(TEST))): stat
                      for t in comparison.tasks for name, stats in t.trivial_baselines.items()
                      for metric, stat in stats.items()}
     metric_names = sorted({m for t in comparison.tasks for m in t.metric_names()}

@@ -7,7 +7,7 @@ tested for significance on the saved predictions with the test the task declares
 (``Task.significance``, looked up through the plugin host). Runs that did not finish are
 listed separately and never enter a mean. Grids with ``evaluate_with`` also get their
 trained-with x evaluated-with matrices (:mod:`.matrix`). Trivial baselines a task computed
-from the data alone (``test/trivial_<name>_<metric>``, :func:`attnbench.tasks.trivial_metric`)
+from the data alone (``test/trivial_<name>_<metric>``, :func:`attnbench.run.record.trivial_metric`)
 are no model: they are pooled per task into reference rows, outside the ranking and the tests.
 """
 
@@ -18,8 +18,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from .. import significance
-from ..tasks import is_trivial_metric, parse_trivial_metric
-from ..run.record import PERF, TEST, RunRecord
+from ..run.record import PERF, TEST, RunRecord, is_trivial_metric, parse_trivial_metric
 from .matrix import EvalMatrix, matrices_of
 from .read import fetch_child_runs, find_experiment, read_predictions, select_attempts
 from .stats import Stat

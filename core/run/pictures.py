@@ -12,8 +12,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..tasks import is_trivial_metric
-from .record import HEAD_STATS_PICTURE, HEADS_TABLE, PICTURES_DIR, Tag
+from .record import HEAD_STATS_PICTURE, HEADS_TABLE, PICTURES_DIR, Tag, is_trivial_metric
 
 DPI = 90
 MAX_PANEL_INCHES = 3.5  # a 6-layer x 4-head grid stays a readable, quick-to-save PNG

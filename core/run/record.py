@@ -13,7 +13,8 @@ A child run holds:
 - params: the resolved grid config, flattened (``model.attention``, ``train.lr``, ...);
 - metrics by prefix: ``train/`` per step, ``val/`` per epoch, ``test/`` at the end,
   ``test_<override>/`` for ``evaluate_with`` re-evaluations, ``perf/`` (see :data:`PERF`;
-  seconds per phase under :data:`PHASE_PREFIX`), ``heads/`` (see :func:`head_metric`);
+  seconds per phase under :data:`PHASE_PREFIX`), ``heads/`` (see :func:`head_metric`); a
+  task's trivial baselines beside its own metrics (see :func:`trivial_metric`);
 - artifacts: :data:`PREDICTIONS`, :data:`TRACEBACK` (FAILED runs), :data:`CHECKPOINT`,
   :data:`HEADS_TABLE`, pictures under :data:`PICTURES_DIR`.
 """
@@ -109,6 +110,36 @@ HEAD_STATISTICS = ("distance", "entropy", "first_token")
 
 def head_metric(module: str, head: int, statistic: str) -> str:
     return f"{HEADS_PREFIX}{module}/h{head}/{statistic}"
+
+# Trivial baselines: scores a task computes from the data alone, without a model, logged beside
+# the model's own metrics (test/trivial_<baseline>_<metric>); compare shows them as reference rows.
+TRIVIAL_PREFIX = "trivial_"
+
+
+def trivial_metric(baseline: str, metric: str) -> str:
+    """``trivial_<baseline>_<metric>``: the score ``metric`` (one of the task's own metrics, e.g.
+    ``f1``) of a trivial baseline computed from the data alone, e.g. ``trivial_first_words_f1``."""
+    return f"{TRIVIAL_PREFIX}{baseline}_{metric}"
+
+
+def is_trivial_metric(name: str) -> bool:
+    """Whether ``name`` (with or without a split prefix such as ``val/``) is a trivial baseline's score."""
+    return name.rpartition("/")[2].startswith(TRIVIAL_PREFIX)
+
+
+def parse_trivial_metric(name: str, metrics) -> tuple[str, str] | None:
+    """``(baseline, metric)`` of a :func:`trivial_metric` name, ``metric`` the longest of the task's
+    ``metrics`` that ends it (``trivial_overlap_sentence_exact_match`` -> ``overlap_sentence``,
+    ``exact_match``); None when ``name`` is not a trivial baseline's."""
+    if not name.startswith(TRIVIAL_PREFIX):
+        return None
+    rest = name[len(TRIVIAL_PREFIX):]
+    for metric in sorted(metrics, key=len, reverse=True):
+        if rest.endswith("_" + metric) and len(rest) > len(metric) + 1:
+            return rest[: -len(metric) - 1], metric
+    baseline, _, metric = rest.rpartition("_")  # a metric the models did not log
+    return (baseline, metric) if baseline and metric else None
+
 
 # Artifact names.
 PREDICTIONS = "predictions.jsonl"

@@ -2,7 +2,7 @@
 
 They put a model's EM/F1 in context, scored with the official SQuAD v1.1 code
 (:func:`squad_metric.squad_scores`) against all gold answers, and logged as
-``trivial_<name>_exact_match`` / ``trivial_<name>_f1`` (:func:`attnbench.tasks.trivial_metric`):
+``trivial_<name>_exact_match`` / ``trivial_<name>_f1`` (:func:`attnbench.run.record.trivial_metric`):
 
 - ``first_words`` (position only): the first *k* words of the context, where *k* is the
   median length of the training answers (first gold, in normalised words). It never reads
@@ -32,7 +32,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from attnbench.tasks import trivial_metric
+from attnbench.run.record import trivial_metric
 
 from .squad_metric import normalize_answer, squad_scores
 
