@@ -115,6 +115,22 @@ def test_baseline_is_the_best_rnn_and_deltas_are_differences_of_means(summary):
             assert not r.is_baseline
 
 
+def test_a_chosen_baseline_replaces_the_no_attention_one_where_a_task_has_it(grid):
+    client, *_ = grid
+    chosen = compare.compare_experiment(client, "quick", reference="transformer-vanilla")
+    sentiment, translation = task(chosen, "sentiment"), task(chosen, "translation")
+    vanilla = row(sentiment, "transformer-vanilla")
+    assert sentiment.baseline == "transformer-vanilla" and vanilla.is_baseline and sentiment.rows[0] is vanilla
+    multihead = row(sentiment, "transformer-multihead")
+    assert multihead.delta == pytest.approx(multihead.metrics["test/accuracy"].mean
+                                            - vanilla.metrics["test/accuracy"].mean)
+    assert not row(sentiment, "rnn-lstm").is_baseline and row(sentiment, "rnn-lstm").p_value is not None
+    assert translation.baseline == "rnn-lstm"  # no transformer-vanilla there: its declared baseline stays
+    assert "transformer-vanilla (chosen with --baseline)" in compare_format.render(chosen, "markdown")
+    with pytest.raises(BadInputError, match="--baseline: no finished run of model 'nope'.*rnn-gru"):
+        compare.compare_experiment(client, "quick", reference="nope")
+
+
 def test_p_values_are_probabilities_and_a_strong_model_is_significant(summary):
     for t in summary.tasks:
         for r in t.rows:

@@ -38,6 +38,9 @@ def compare(
     out: Annotated[Optional[Path], typer.Option("--out", help="also write comparison.* and plots here")] = None,
     significance: Annotated[bool, typer.Option("--significance/--no-significance",
                                                help="paired tests against the no-attention baseline")] = True,
+    baseline: Annotated[Optional[str], typer.Option(
+        "--baseline", help="measure deltas and tests against this model label instead of the no-attention "
+                           "baseline, e.g. rnn-lstm+additive")] = None,
     log: Annotated[bool, typer.Option("--log/--no-log", help="attach table and plots to the parent run")] = True,
     tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="overrides mlflow.yaml")] = None,
     plugin: Optional[List[str]] = PLUGIN_OPTION,
@@ -45,10 +48,11 @@ def compare(
     """Per task: each model's test metrics (mean ± std over seeds), speed, the difference to the
     no-attention baseline with a paired significance test, and the runs that failed."""
     with user_errors():
-        _compare(grid_file, experiment, run, format, out, significance, log, tracking_uri, plugin or [])
+        _compare(grid_file, experiment, run, format, out, significance, log, tracking_uri, plugin or [], baseline)
 
 
-def _compare(grid_file, experiment, run, format, out, significance, log, tracking_uri, plugins) -> None:
+def _compare(grid_file, experiment, run, format, out, significance, log, tracking_uri, plugins,
+             baseline=None) -> None:
     # The compare stage (numpy, matplotlib for plots) loads only when the command runs.
     from ..compare import render as compare_format
     from ..compare.read import find_experiment, latest_parent_run_id
@@ -73,7 +77,8 @@ def _compare(grid_file, experiment, run, format, out, significance, log, trackin
         from ..plugin_host import get_host
 
         host = get_host(plugins)
-    comparison = compare_experiment(client, name, run, with_significance=significance, host=host)
+    comparison = compare_experiment(client, name, run, with_significance=significance, host=host,
+                                    reference=baseline)
     if format == "table":
         from rich.console import Console
 
@@ -88,7 +93,10 @@ def _compare(grid_file, experiment, run, format, out, significance, log, trackin
     if out is not None:
         written = write_report(comparison, out, bench)
         typer.echo(f"wrote {len(written)} files to {out}", err=True)
-    if log:
+    if log and baseline is not None:
+        # the parent's summary/ stays the grid's standard comparison (against its no-attention baseline)
+        typer.echo("not logged to the parent run: --baseline comparisons are shown, not stored", err=True)
+    elif log:
         parent = run or latest_parent_run_id(client, find_experiment(client, name).experiment_id)
         if parent is not None:
             log_report(client, parent, comparison, bench)

@@ -122,7 +122,9 @@ def missing_p_notes(task: TaskSummary) -> list[str]:
 
 def footnote(comparison: Comparison) -> str:
     methods = sorted({t.significance_method for t in comparison.tasks} - {""})
-    text = (f"mean ± sample std over the n seeds; * p < {ALPHA} against the task's no-attention baseline "
+    against = (f"{comparison.reference} (chosen with --baseline)" if comparison.reference
+               else "the task's no-attention baseline")
+    text = (f"mean ± sample std over the n seeds; * p < {ALPHA} against {against} "
             f"({'; '.join(methods) or 'no tests'}; units paired by seed and example id).")
     if any(t.trivial_baselines for t in comparison.tasks):
         text += (" Rows 'trivial: <name>' are baselines the task computed from the data alone (no model; "

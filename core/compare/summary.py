@@ -18,6 +18,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from .. import significance
+from ..errors import BadInputError
 from ..run.record import PERF, TEST, RunRecord, is_trivial_metric, parse_trivial_metric
 from .matrix import EvalMatrix, matrices_of
 from .read import fetch_child_runs, find_experiment, read_predictions, select_attempts
@@ -84,6 +85,7 @@ class Comparison:
     superseded: int = 0
     records: list[RunRecord] = field(default_factory=list, repr=False)  # every child run read
     matrices: list[EvalMatrix] = field(default_factory=list)  # grids with evaluate_with
+    reference: str | None = None  # a model the user chose as every task's baseline (--baseline)
 
     def to_dict(self) -> dict:
         return {
@@ -183,11 +185,14 @@ def _significance(task: TaskSummary, test: significance.SignificanceTest | None,
 
 
 def summarize(records: list[RunRecord], *, experiment: str, parent_run_id: str | None = None,
-              client=None, with_significance: bool = True, host=None) -> Comparison:
+              client=None, with_significance: bool = True, host=None, reference: str | None = None) -> Comparison:
     """Aggregate child runs into a :class:`Comparison` (see the module docstring).
 
     ``host``: the PluginHost whose tasks declare the significance tests; by default the
-    discovered plugins (loaded only when a test is to run)."""
+    discovered plugins (loaded only when a test is to run). ``reference``: a model label to
+    measure deltas and tests against instead of the no-attention baseline, in every task
+    that has it (e.g. ``rnn-lstm+additive``: does the transformer beat the RNN *with*
+    attention?); a label no task has is an error naming the labels there are."""
     finished, unfinished, superseded = select_attempts(records)
     if with_significance and host is None and finished:
         from ..plugin_host import get_host
@@ -196,6 +201,10 @@ def summarize(records: list[RunRecord], *, experiment: str, parent_run_id: str |
     by_task: dict[str, dict[str, list[RunRecord]]] = {}
     for r in finished:
         by_task.setdefault(r.task, {}).setdefault(r.model, []).append(r)
+    if reference is not None and not any(reference in groups for groups in by_task.values()):
+        labels = sorted({model for groups in by_task.values() for model in groups})
+        raise BadInputError(f"--baseline: no finished run of model {reference!r} in experiment {experiment!r}; "
+                            f"models there: {', '.join(labels) or 'none'}")
     tasks = []
     for task_name in sorted(by_task):
         groups = by_task[task_name]
@@ -210,7 +219,10 @@ def summarize(records: list[RunRecord], *, experiment: str, parent_run_id: str |
                 return -math.inf
             return stat.mean if _better else -stat.mean
 
-        candidates = [row for row in rows if row.baseline_family]
+        if reference is not None and reference in groups:
+            candidates = [row for row in rows if row.model == reference]
+        else:
+            candidates = [row for row in rows if row.baseline_family]
         baseline = max(candidates, key=quality) if candidates else None
         if baseline is not None:
             baseline.is_baseline = True
@@ -226,13 +238,14 @@ def summarize(records: list[RunRecord], *, experiment: str, parent_run_id: str |
                               _trivial_baselines([r for runs in groups.values() for r in runs], rows))
         _significance(summary, test, host is not None and task_name in host.task, groups, client, with_significance)
         tasks.append(summary)
-    return Comparison(experiment, parent_run_id, tasks, unfinished, superseded, records, matrices_of(finished))
+    return Comparison(experiment, parent_run_id, tasks, unfinished, superseded, records, matrices_of(finished),
+                      reference)
 
 
 def compare_experiment(client, experiment_name: str, parent_run_id: str | None = None,
-                       with_significance: bool = True, host=None) -> Comparison:
+                       with_significance: bool = True, host=None, reference: str | None = None) -> Comparison:
     """Fetch and summarise one experiment (optionally one parent run of it)."""
     exp = find_experiment(client, experiment_name)
     records = fetch_child_runs(client, exp.experiment_id, parent_run_id)
     return summarize(records, experiment=experiment_name, parent_run_id=parent_run_id,
-                     client=client, with_significance=with_significance, host=host)
+                     client=client, with_significance=with_significance, host=host, reference=reference)
