@@ -115,6 +115,18 @@ def test_baseline_is_the_best_rnn_and_deltas_are_differences_of_means(summary):
             assert not r.is_baseline
 
 
+def test_markdown_tabulates_bleu_by_source_length(summary):
+    text = compare_format.render(summary, "markdown")
+    translation = task(summary, "translation")
+    names = compare.summary.bucket_names(translation, "bleu")
+    assert names and all(n.startswith("test/bleu_len_") for n in names)
+    header = "| model | " + " | ".join(compare.summary.bucket_label(n) for n in names) + " |"
+    assert header in text
+    multihead = row(translation, "transformer-multihead")
+    first = multihead.buckets[names[0]]
+    assert f"| transformer-multihead | {first.mean:.2f} ± {first.std:.2f} |" in text
+
+
 def test_a_chosen_baseline_replaces_the_no_attention_one_where_a_task_has_it(grid):
     client, *_ = grid
     chosen = compare.compare_experiment(client, "quick", reference="transformer-vanilla")

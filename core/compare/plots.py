@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, NullFormatter
 
 from ..run.pictures import history_points
-from .summary import BUCKET_METRIC, Comparison
+from .summary import Comparison, bucket_label, bucket_names
 
 
 def pareto_front(speed: Sequence[float], quality: Sequence[float], greater_is_better: bool = True) -> list[int]:
@@ -115,17 +115,6 @@ def quality_vs_speed_figure(comparison: Comparison) -> Figure | None:
     return fig
 
 
-def _bucket_order(name: str) -> tuple[int, float]:
-    m = BUCKET_METRIC.match(name)
-    hi = math.inf if m["hi"] == "inf" else int(m["hi"])
-    return int(m["lo"]), hi
-
-
-def _bucket_label(name: str) -> str:
-    m = BUCKET_METRIC.match(name)
-    return f"{m['lo']}+" if m["hi"] == "inf" else f"{m['lo']}–{m['hi']}"
-
-
 def bleu_by_length_figure(comparison: Comparison, metric: str = "bleu") -> Figure | None:
     """Per task: a metric by length bucket (BLEU by source length, accuracy by sequence length),
     one line per model (mean ± std).
@@ -133,8 +122,7 @@ def bleu_by_length_figure(comparison: Comparison, metric: str = "bleu") -> Figur
     In the style of Bahdanau et al. (2015), Fig. 2. None when no run logged buckets."""
     panels = []
     for task in comparison.tasks:
-        names = sorted({b for row in task.rows for b in row.buckets if BUCKET_METRIC.match(b)["metric"] == metric},
-                       key=_bucket_order)
+        names = bucket_names(task, metric)
         if names:
             panels.append((task, names))
     if not panels:
@@ -149,7 +137,7 @@ def bleu_by_length_figure(comparison: Comparison, metric: str = "bleu") -> Figur
             err = [(s.std or 0.0) if s else 0.0 for s in stats]
             style = "--" if row.is_baseline else "-"
             ax.errorbar(x, y, yerr=err, fmt=style, marker="o", capsize=3, label=row.model, color=colours[row.model])
-        ax.set_xticks(x, [_bucket_label(n) for n in names])
+        ax.set_xticks(x, [bucket_label(n) for n in names])
         ax.set_xlabel("source sentence length (tokens)")
         ax.set_ylabel(f"test {metric.upper()}")
         ax.set_title(task.task)

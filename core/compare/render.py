@@ -11,7 +11,7 @@ from ..errors import BadInputError
 from ..significance import ALPHA
 from ..run.record import TEST, trivial_metric
 from .stats import Stat
-from .summary import Comparison, ModelRow, TaskSummary
+from .summary import BUCKET_METRIC, Comparison, ModelRow, TaskSummary, bucket_label, bucket_names
 
 FORMATS = ("table", "markdown", "csv", "json")
 PERF_HEADERS = {"params": "params", "tokens_per_s": "train tok/s", "wall_s": "wall s"}
@@ -147,6 +147,18 @@ def _short(text: str, limit: int = 100) -> str:
 UNFINISHED_HEADER = ["task", "model", "seed", "status", "run id", "error"]
 
 
+def length_tables(task: TaskSummary) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Per bucketed metric (e.g. BLEU by source length): a header and one row per model."""
+    out = []
+    for metric in sorted({BUCKET_METRIC.match(b)["metric"] for row in task.rows for b in row.buckets}):
+        names = bucket_names(task, metric)
+        header = ["model"] + [bucket_label(n) for n in names]
+        digits = decimals(max((abs(s.mean) for row in task.rows for s in row.buckets.values()), default=0.0))
+        out.append((metric, header, [[row.model] + [stat_cell(row.buckets.get(n), row.n, digits) for n in names]
+                                     for row in task.rows]))
+    return out
+
+
 def to_markdown(comparison: Comparison) -> str:
     """GitHub-flavoured markdown: one table per task, then the unfinished runs."""
     def table(header, rows):
@@ -162,6 +174,9 @@ def to_markdown(comparison: Comparison) -> str:
         parts.append(f"## {task_title(task)}")
         parts.append(table(task_header(task), [task_cells(task, row) for row in task.rows] + trivial_rows(task)))
         parts.extend(missing_p_notes(task))
+        for metric, header, rows in length_tables(task):
+            parts.append(f"By length: test {metric} per bucket (mean ± std over seeds):")
+            parts.append(table(header, rows))
     if not comparison.tasks:
         parts.append("No finished runs.")
     parts.append(footnote(comparison))

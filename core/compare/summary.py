@@ -74,6 +74,22 @@ class TaskSummary:
         return [primary] + rest
 
 
+def bucket_names(task: "TaskSummary", metric: str) -> list[str]:
+    """The task's logged length buckets of ``metric`` (``test/bleu_len_1_10``, ...), shortest first."""
+    def order(name: str) -> tuple[int, float]:
+        m = BUCKET_METRIC.match(name)
+        return int(m["lo"]), math.inf if m["hi"] == "inf" else int(m["hi"])
+
+    return sorted({b for row in task.rows for b in row.buckets if BUCKET_METRIC.match(b)["metric"] == metric},
+                  key=order)
+
+
+def bucket_label(name: str) -> str:
+    """``test/bleu_len_11_20`` -> ``11–20``; ``test/bleu_len_31_inf`` -> ``31+``."""
+    m = BUCKET_METRIC.match(name)
+    return f"{m['lo']}+" if m["hi"] == "inf" else f"{m['lo']}–{m['hi']}"
+
+
 @dataclass
 class Comparison:
     """Everything ``attnbench compare`` shows: per-task summaries and unfinished runs."""
