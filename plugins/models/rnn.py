@@ -18,7 +18,9 @@
   without the option the model is the no-attention baseline (tag ``none``).
 - lm: unidirectional LSTM/GRU language model.
 
-Padding never influences results: sequences are packed with ``pack_padded_sequence``.
+Padding never influences results: encoders run their RNN on the padded batch the way a packed
+sequence would run (padded_rnn.py: zeros at padding, final states at each sequence's last token),
+which is several times faster than ``pack_padded_sequence`` on CPU.
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ from typing import Literal, NamedTuple
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from attnbench import ModelDims, ModelFamily, TaskIO, hookimpl
 from attnbench.errors import BadInputError
 
+from .padded_rnn import run_padded
 from .span_head import QuestionMatch, SpanHead
 
 
@@ -72,7 +74,8 @@ def masked_mean(x: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
 
 
 class RNNEncoder(nn.Module):
-    """Embedding + packed (bi)RNN: returns outputs (B, L, dirs*H) and the final state(s)."""
+    """Embedding + (bi)RNN over the real tokens only: returns outputs (B, L, dirs*H), zero at
+    padding, and the final state(s) at each sequence's last token."""
 
     def __init__(self, embed: nn.Embedding, cell: str, hidden: int, n_layers: int, dropout: float, bidirectional: bool):
         super().__init__()
@@ -82,14 +85,11 @@ class RNNEncoder(nn.Module):
         self.out_dim = hidden * (2 if bidirectional else 1)
 
     def forward(self, tokens, padding_mask, input_features=None):
-        lengths = (~padding_mask).sum(1).clamp(min=1).cpu()
+        lengths = (~padding_mask).sum(1).clamp(min=1)  # an all-padding row runs one step, as packing did
         x = self.embed(tokens)
         if input_features is not None:  # (B, L, d_model) added to the embeddings, e.g. QuestionMatch
             x = x + input_features
-        packed = pack_padded_sequence(self.dropout(x), lengths, batch_first=True, enforce_sorted=False)
-        out, state = self.rnn(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=tokens.shape[1])
-        return out, state
+        return run_padded(self.rnn, self.dropout(x), lengths)
 
 
 class RNNClassifier(nn.Module):
