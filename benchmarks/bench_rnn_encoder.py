@@ -7,7 +7,7 @@ pack_padded_sequence -> the same module -> pad_packed_sequence. Shapes: QA (B=32
 lengths 120-256) and translation (B=64, L=25, lengths 6-25). The ratio is what to read on a
 shared machine; the rows also check that both paths agree.
 
-    python benchmarks/bench_rnn_encoder.py [--rounds 3] [--cells lstm,gru]
+    python benchmarks/bench_rnn_encoder.py [--rounds 3] [--cells lstm,gru] [--shapes qa,translation]
 """
 
 import argparse
@@ -19,7 +19,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from attnbench.plugins.models.padded_rnn import run_padded
 from attnbench.plugins.models.rnn import make_rnn
 
-SHAPES = {"qa": (32, 256, 120), "translation": (64, 25, 6)}  # batch, padded length, shortest length
+# batch, padded length, shortest length, rounds per --rounds (short steps are noisier)
+SHAPES = {"qa": (32, 256, 120, 1), "translation": (64, 25, 6, 5)}
 HIDDEN, LAYERS, DROPOUT = 128, 2, 0.1
 
 
@@ -40,13 +41,15 @@ def step_seconds(path, rnn, x, lengths) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the fastest of each path counts")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (x5 for translation); the fastest of each path counts")
     parser.add_argument("--cells", default="lstm,gru")
+    parser.add_argument("--shapes", default=",".join(SHAPES), help=f"of {', '.join(SHAPES)}")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"{'cell':5} {'shape':12} {'packed s':>9} {'padded s':>9} {'padded/packed':>14}  max |diff|")
     for cell in args.cells.split(","):
-        for shape, (batch, length, shortest) in SHAPES.items():
+        for shape in args.shapes.split(","):
+            batch, length, shortest, rounds = SHAPES[shape]
             torch.manual_seed(0)
             rnn = make_rnn(cell, HIDDEN, HIDDEN, LAYERS, DROPOUT, bidirectional=True)
             x = torch.randn(batch, length, HIDDEN)
@@ -57,7 +60,7 @@ def main() -> None:
                 diff = (packed(rnn, x, lengths)[0] - run_padded(rnn, x, lengths)[0]).abs().max().item()
                 rnn.train()
             times = {"packed": [], "padded": []}
-            for _ in range(args.rounds):
+            for _ in range(args.rounds * rounds):
                 times["packed"].append(step_seconds(packed, rnn, x, lengths))
                 times["padded"].append(step_seconds(run_padded, rnn, x, lengths))
             best = {name: min(t) for name, t in times.items()}
