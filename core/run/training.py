@@ -141,7 +141,10 @@ def fit(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # foreach: one call per step over all parameters instead of a Python loop over them; the
+    # same arithmetic op for op (identical weights), ~40% less optimizer time on the CPU, where
+    # torch does not pick it by default (benchmarks/bench_overhead.py checks the weights)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     )
