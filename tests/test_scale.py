@@ -283,3 +283,30 @@ def test_three_processes_creating_one_new_sqlite_store_at_once_all_succeed(tmp_p
     with sqlite3.connect(tmp_path / "new.db") as db:
         tables = {row[0] for row in db.execute("select name from sqlite_master where type = 'table'")}
     assert "runs" in tables and not any(t.startswith("_alembic_tmp") for t in tables)
+
+
+def test_several_workers_take_the_longest_pairings_first_one_worker_keeps_grid_order():
+    from types import SimpleNamespace
+
+    from attnbench.run.runner import submission_order
+
+    specs = [SimpleNamespace(run_key=k) for k in "abcde"]
+    steps = {"a": 188, "b": 800, "c": 180, "d": 800}  # e: unknown (counts as 0)
+    assert submission_order([0, 1, 2, 3, 4], specs, steps, slots=1) == [0, 1, 2, 3, 4]
+    assert submission_order([0, 1, 2, 3, 4], specs, steps, slots=2) == [1, 3, 0, 2, 4]  # ties keep grid order
+    assert submission_order([2, 0], specs, steps, slots=2) == [0, 2]
+
+
+def test_preflight_counts_each_pairings_planned_steps(workdir, monkeypatch):
+    from attnbench.config import expand_grid, load_experiment
+    from attnbench.plugin_host import get_host
+    from attnbench.run.preflight import preflight
+
+    monkeypatch.setenv("ATTNBENCH_CACHE", str(workdir / "cache"))
+    host = get_host(["attnbench_test_plugins"])
+    write_grid(workdir / "g.yaml", GRID)
+    for overrides, expected in (([], 2 * 3), (["train.max_steps=4"], 4)):  # 2 epochs x 48/16 batches, or the cap
+        experiment, _ = load_experiment(workdir / "g.yaml", overrides)
+        specs = expand_grid(experiment, host)
+        report = preflight(specs, host)
+        assert report.steps == {spec.run_key: expected for spec in specs}

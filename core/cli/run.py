@@ -76,7 +76,8 @@ def run(
 
         runner = GridRunner(experiment, specs, host=host, tracking_uri=uri, artifact_root_uri=artifact_root(tracking, uri),
                             grid_text=grid_text, grid_source=str(grid_file), overrides=overrides, console=console,
-                            device=device, summarize=partial(summarize_grid_to_parent, host=host), raw=raw, plugin_modules=plugin or [])
+                            device=device, summarize=partial(summarize_grid_to_parent, host=host), raw=raw, plugin_modules=plugin or [],
+                            planned_steps=checked.steps)
         execution = experiment.execution
         how = "" if execution.workers == 1 and execution.executor == "local" else \
             f" ({execution.workers} at once, {execution.executor} executor)"

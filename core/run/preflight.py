@@ -26,7 +26,7 @@ from ..config import RunSpec
 from ..errors import BadInputError
 from ..options import OptionsError, Problem, short_repr
 from ..plugin_host import PluginHost
-from .training import select_device
+from .training import planned_steps, select_device
 
 DEFAULT_MAX_MEMORY_GIB = 8.0
 # Training with Adam holds four copies of every parameter (weights, gradients, two moments).
@@ -53,6 +53,8 @@ class ModelEstimate:
 class PreflightReport:
     estimates: list[ModelEstimate] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # planned training steps per run_key: workers take the longest pairings first (runner.py)
+    steps: dict[str, int] = field(default_factory=dict)
 
     def params_of(self, spec: RunSpec) -> int | None:
         return next((e.params for e in self.estimates if (e.task, e.model_label) == (spec.task, spec.model_label)), None)
@@ -70,11 +72,12 @@ def preflight(specs: list[RunSpec], host: PluginHost, *, device: str | None = No
         except BadInputError as exc:
             problems.append(Problem("--device" if device else "train.device", str(exc).split(": ", 1)[-1]))
 
-    ios = {}
+    ios, tasks = {}, {}
     for spec in _unique(specs, lambda s: (s.task, json.dumps(s.task_options.model_dump(mode="json"), sort_keys=True))):
         task_cls = host.task.get(spec.task).factory
         try:
-            ios[spec.task] = task_cls(spec.task_options, cache_dir=cache_dir()).prepare()
+            tasks[spec.task] = task_cls(spec.task_options, cache_dir=cache_dir())
+            ios[spec.task] = tasks[spec.task].prepare()
         except BadInputError as exc:
             problems.append(Problem("", str(exc)))
         except Exception as exc:  # a plugin's own error while reading data is still about the data
@@ -107,6 +110,12 @@ def preflight(specs: list[RunSpec], host: PluginHost, *, device: str | None = No
                 f"--max-memory-gib"))
     if problems:
         raise OptionsError(problems, source=f"{source}: preflight (nothing was trained)")
+    for spec in specs:
+        if spec.task in ios:
+            try:
+                report.steps[spec.run_key] = planned_steps(tasks[spec.task], spec.train)
+            except Exception:  # a plugin's batching bug shows when the pairing trains, not here
+                pass
     return report
 
 

@@ -31,7 +31,17 @@ from .timings import phase_line
 from .tracking import check_artifact_root_writable, check_store, get_or_create_experiment, open_client, store_lock
 from .worker import GridJob, UnitResult, Worker, default_threads
 
-__all__ = ["GridRunner", "PairingOutcome", "summary_tables"]
+__all__ = ["GridRunner", "PairingOutcome", "submission_order", "summary_tables"]
+
+
+def submission_order(todo: list[int], specs: list[RunSpec], planned_steps: dict[str, int], slots: int) -> list[int]:
+    """The order pairings go to the executor: grid order with one slot; with several, the
+    longest (most planned steps; unknown counts as 0) first, so that the short ones fill the
+    gaps at the end. In grid order a long pairing submitted last runs alone while the other
+    workers idle. Results do not depend on the order (each pairing seeds itself)."""
+    if slots <= 1:
+        return list(todo)
+    return sorted(todo, key=lambda i: -planned_steps.get(specs[i].run_key, 0))  # stable: ties keep grid order
 
 
 class GridRunner:
@@ -43,7 +53,7 @@ class GridRunner:
                  cache_dir: Path | None = None, device: str | None = None,
                  summarize: Callable[[object, str, str], object] | None = None,
                  raw: dict | None = None, plugin_modules: list[str] | tuple[str, ...] = (),
-                 execution: ExecutionConfig | None = None):
+                 execution: ExecutionConfig | None = None, planned_steps: dict[str, int] | None = None):
         self.experiment = experiment
         self.specs = specs
         self.host = host
@@ -59,6 +69,7 @@ class GridRunner:
         self.raw = raw if raw is not None else experiment.model_dump(mode="json")
         self.plugin_modules = list(plugin_modules)
         self.execution = execution or experiment.execution
+        self.planned_steps = planned_steps or {}  # run_key -> training steps (the preflight's count)
         # (client, experiment id, parent run id) -> logs the grid summary on the parent run;
         # passed in by the CLI so that running never imports the compare stage.
         self.summarize = summarize
@@ -124,7 +135,7 @@ class GridRunner:
 
     def _drive(self, executor, todo: list[int]) -> None:
         """Submit pairings as slots free up; wait for those another invocation holds."""
-        pending = deque(todo)
+        pending = deque(submission_order(todo, self.specs, self.planned_steps, executor.slots))
         while pending or self._waiting or self._in_flight:
             now = time.monotonic()
             for index, when in list(self._waiting.items()):

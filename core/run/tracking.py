@@ -157,12 +157,16 @@ def store_lock(uri: str):
                             "if none is running, delete that file") from None
 
 
-def open_client(uri: str):
-    """An MlflowClient on ``uri`` whose store exists and is migrated (first use under the lock)."""
+def open_client(uri: str, *, ready: bool = False):
+    """An MlflowClient on ``uri`` whose store exists and is migrated (first use under the lock).
+
+    ``ready``: another process of this invocation already opened the store (the grid's workers),
+    so there is nothing to create or migrate and no lock to queue for: N workers starting at
+    once would otherwise open the store one after another, seconds each."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    with store_lock(uri):
+    with contextlib.nullcontext() if ready else store_lock(uri):
         try:
             client = MlflowClient(uri)  # opening the store may create and migrate it
             client.search_experiments(max_results=1)

@@ -59,7 +59,7 @@ class Worker:
         self.job = job
         self.host = host or get_host(job.plugin_modules)
         self.specs = specs if specs is not None else self._expand()
-        self.client = open_client(job.tracking_uri)
+        self.client = open_client(job.tracking_uri, ready=True)  # the submitter created and migrated it
         self.heartbeat = heartbeat or Heartbeat(job.tracking_uri, job.execution.heartbeat_every_s)
         self.trainer = PairingTrainer(self.client, self.host, cache_dir=Path(job.cache_dir), device=job.device)
 

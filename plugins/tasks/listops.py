@@ -31,7 +31,6 @@ import statistics
 
 import torch
 from pydantic import ConfigDict, Field, field_validator, model_validator
-from sklearn.metrics import accuracy_score, f1_score
 
 from attnbench import Batch, Evaluation, SplitSizes, SplitTask, TaskIO, hookimpl
 from attnbench.data import PAD, SPECIAL_TOKENS, batch_indices, pad_batch
@@ -236,6 +235,9 @@ class ListOpsTask(SplitTask):
         return predict_classes(self, model, split, batch_size=batch_size, device=device)
 
     def evaluate(self, model, split, *, batch_size, device) -> Evaluation:
+        # imported here, not with the plugin: sklearn takes ~1 s to import, and every process
+        # that discovers plugins (each grid worker, `attnbench plugins`) would pay it
+        from sklearn.metrics import accuracy_score, f1_score
         self.prepare()
         preds = self.predict(model, split, batch_size=batch_size, device=device)
         rows = self.examples[split]

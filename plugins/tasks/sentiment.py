@@ -12,7 +12,6 @@ import json
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 from attnbench import Batch, Evaluation, SplitTask, TaskIO, hookimpl
 from attnbench.data import PAD, UNK, DataSource, TokenizerOptions, load_splits, pad_batch, require_columns, train_tokenizer
@@ -131,6 +130,9 @@ class SentimentTask(SplitTask):
         return predict_classes(self, model, split, batch_size=batch_size, device=device)
 
     def evaluate(self, model, split, *, batch_size, device) -> Evaluation:
+        # imported here, not with the plugin: sklearn takes ~1 s to import, and every process
+        # that discovers plugins (each grid worker, `attnbench plugins`) would pay it
+        from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
         preds = self.predict(model, split, batch_size=batch_size, device=device)
         rows = self.examples[split]
         refs = [r["label"] for r in rows]
