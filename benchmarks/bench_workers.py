@@ -76,9 +76,25 @@ def run_attnbench(argv: list[str], workdir: Path) -> tuple[float, float]:
     return took, cpu[-1] if cpu else float("nan")
 
 
-def timed_run(workers: int, grid: Path, max_steps: int, workdir: Path, tag: str) -> tuple[float, float]:
+def timed_run(workers: int, grid: Path, max_steps: int, workdir: Path, tag: str) -> tuple[float, float, float]:
+    """(wall, parent CPU, occupancy): see :func:`occupancy`."""
     cap = ["--set", f"train.max_steps={max_steps}"] if max_steps else []
-    return run_attnbench(attnbench_argv(grid, workdir, tag, "--workers", str(workers), *cap), workdir)
+    wall, cpu = run_attnbench(attnbench_argv(grid, workdir, tag, "--workers", str(workers), *cap), workdir)
+    return wall, cpu, occupancy(f"sqlite:///{workdir / f'{tag}.db'}", f"bench_workers_{tag}", workers)
+
+
+def occupancy(uri: str, experiment: str, workers: int) -> float:
+    """How busy the workers were from the first pairing's start to the last one's end: the
+    pairings' summed wall time over ``workers`` x that span (1.0: never idle). Neighbours that
+    slow every pairing down leave it unchanged, unlike the ratio of wall times; start-up gaps,
+    claims and a long pairing running alone at the end lower it."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = [r for r in client.search_runs([exp.experiment_id], max_results=1000) if "mlflow.parentRunId" in r.data.tags]
+    span = max(r.info.end_time for r in runs) - min(r.info.start_time for r in runs)
+    return sum(r.info.end_time - r.info.start_time for r in runs) / (workers * span)
 
 
 def main() -> None:
@@ -100,13 +116,16 @@ def main() -> None:
             serial.append(timed_run(1, grid, args.max_steps, workdir, f"serial{r}"))
             parallel.append(timed_run(args.workers, grid, args.max_steps, workdir, f"parallel{r}"))
     load_after = os.getloadavg()
-    s, p = (statistics.median(t for t, _ in runs) for runs in (serial, parallel))
-    parent_cpu = statistics.median(c for _, c in parallel)
+    s, p = (statistics.median(t for t, _, _ in runs) for runs in (serial, parallel))
+    parent_cpu = statistics.median(c for _, c, _ in parallel)
+    busy = statistics.median(o for _, _, o in parallel)
     budget = f"at most {args.max_steps} steps each" if args.max_steps else "the grid's own budgets"
     print(f"slice: {5 * len(tasks)} pairings of experiments/quick.yaml ({args.tasks}), {budget}, "
           f"{args.rounds} round(s), {os.cpu_count()} CPU cores")
     print(f"--workers 1: {s:.1f} s   --workers {args.workers}: {p:.1f} s   (median wall time of the whole command)")
     print(f"ratio --workers {args.workers} / --workers 1: {p / s:.2f}   (target <= 0.6)")
+    print(f"--workers {args.workers}: workers busy {busy:.0%} of the time from the first pairing's start to the last "
+          "one's end (idle: a worker still starting, claims, a pairing left alone at the end; load from neighbours does not lower it)")
     print(f"invoking process with --workers {args.workers}: {parent_cpu:.1f} CPU s over {p:.0f} s of wall "
           f"({parent_cpu / p:.1%} of one core; start-up, preflight and summary included)")
     print(f"load average (1/5/15 min) before: {'/'.join(f'{x:.1f}' for x in load_before)}, "
