@@ -13,7 +13,8 @@ subtracted). Rounds alternate the two so that load changes on a shared machine h
 Prints the ratio attnbench / bare (median over rounds, and best round of each: on a busy
 machine the best round is the one least disturbed), in wall and in CPU time; target <= 1.05.
 Also checks that both loops end with identical weights (the overhead must not change
-numerics). Run:
+numerics; attnbench's loop steps AdamW with ``foreach=True``, the bare loop with torch's
+default, a Python loop over the parameters on the CPU: the same arithmetic, so the same weights). Run:
 
     python benchmarks/bench_overhead.py [--steps 150] [--rounds 3] [--attention multihead] [--refresh 4]
 """
