@@ -327,3 +327,26 @@ def test_lsh_rounds_at_once_equals_the_round_loop(causal):
         grads.append((real.detach(), *torch.autograd.grad(real.square().sum(), (qk, v))))
     for loop, batched in zip(*grads):
         assert (loop - batched).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("call_rows", [4096, 24])  # one kernel call; many head groups and chunk slices
+def test_lsh_fused_cpu_path_equals_the_round_loop(causal, call_rows, monkeypatch):
+    """The CPU default (all rounds through the fused kernel, its backward given the combined
+    output) computes what the hand-written round loop computes, gradients too."""
+    import attnbench.plugins.attention.lsh as lsh_module
+
+    monkeypatch.setattr(lsh_module, "CALL_ROWS", call_rows)
+    gen = torch.Generator().manual_seed(5)
+    qk, v = (torch.randn(2, 3, 45, 8, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    mask = torch.zeros(2, 45, dtype=torch.bool)
+    mask[1, 37:] = True
+    options = LSHOptions(bucket_size=4, n_hashes=3)
+    assert lsh_module.fused_available(qk, 0.0, False) and not lsh_module.fused_available(qk, 0.1, False)
+    grads = []
+    for rounds_at_once in (False, None):  # None: the default, the fused path on the CPU
+        out, _ = lsh_attention(qk, v, options, key_padding_mask=mask, causal=causal, rounds_at_once=rounds_at_once)
+        real = out.transpose(1, 2)[~mask]
+        grads.append((real.detach(), *torch.autograd.grad(real.square().sum(), (qk, v))))
+    for loop, fused in zip(*grads):
+        assert (loop - fused).abs().max() < 1e-12

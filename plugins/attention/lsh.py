@@ -67,7 +67,11 @@ def hash_buckets(x: torch.Tensor, n_buckets: int, n_hashes: int, seed: int) -> t
     gen = torch.Generator().manual_seed(seed)
     rotations = torch.randn(d, n_hashes, n_buckets // 2, generator=gen).to(x.device, x.dtype)
     rotated = torch.einsum("bhnd,drk->bhrnk", x, rotations)
-    return torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)
+    # argmax over [xR; -xR] without building it: the largest of max(xR) and -min(xR), the
+    # first index on a tie, as argmax over the concatenation would pick.
+    top, top_index = rotated.max(dim=-1)
+    bottom, bottom_index = rotated.min(dim=-1)
+    return torch.where(top >= -bottom, top_index, bottom_index + n_buckets // 2)
 
 
 def _look_one_back(t: torch.Tensor) -> torch.Tensor:
@@ -162,16 +166,20 @@ def lsh_attention(qk, v, options: LSHOptions, *, key_padding_mask=None, causal=F
     """Reformer LSH attention on shared query/key vectors ``qk`` and values ``v`` (B, H, n, D).
 
     Returns ``(out, weights)``; weights as described in the module docstring, or None.
-    ``rounds_at_once`` (default: on CUDA, without weights) batches the hashing rounds into one
-    pass, trading ``n_hashes`` times the temporaries for a fraction of the kernel launches;
-    otherwise the rounds run one after another, which keeps CPU memory low.
+    Three ways to compute the same thing. By default, on the CPU without dropout or weights,
+    every round goes through the CPU's fused attention kernel in one call (:func:`_fused_rounds`).
+    ``rounds_at_once`` (default: on CUDA, without weights) batches the hand-written chunk
+    attention over the rounds, trading ``n_hashes`` times the temporaries for a fraction of the
+    kernel launches; otherwise the rounds run one after another. Passing ``rounds_at_once``
+    (True or False) picks one of the hand-written paths.
     """
     b, h, n, d = qk.shape
     rounds = options.n_hashes
     n_buckets, chunk = options.buckets_and_chunk(n)
     n_chunks = math.ceil(n / chunk)
     n_pad = n_chunks * chunk
-    qk, v = (F.pad(t, (0, 0, 0, n_pad - n)) for t in (qk, v))
+    if n_pad > n:
+        qk, v = (F.pad(t, (0, 0, 0, n_pad - n)) for t in (qk, v))
     valid = torch.ones(b, n_pad, dtype=torch.bool, device=qk.device)
     valid[:, n:] = False
     if key_padding_mask is not None:
@@ -185,7 +193,12 @@ def lsh_attention(qk, v, options: LSHOptions, *, key_padding_mask=None, causal=F
         buckets = buckets.masked_fill(~valid[:, None, None, :], n_buckets)
     pos = torch.arange(n_pad, device=qk.device)
     order = (buckets * n_pad + pos).argsort(dim=-1)  # (B, H, R, n_pad): sorted slot -> position
-    undo = order.argsort(dim=-1)  # position -> sorted slot
+    undo = torch.empty_like(order).scatter_(-1, order, pos.expand_as(order))  # position -> sorted slot
+    if rounds_at_once is None and fused_available(qk, dropout_p, need_weights):
+        # Unscaled rows: the kernel scales the scores, and the keys are normalised anyway.
+        rows = (t.reshape(b * h * n_pad, d) for t in (qk, v))
+        return _fused_rounds(*rows, order, undo, valid if padded else None, causal, chunk,
+                             scale=1.0 / math.sqrt(d))[:, :, :n], None
     head_offset = (torch.arange(b * h, device=qk.device) * n_pad).view(b, h, 1)
     q_pos = order.view(b, h, rounds, n_chunks, chunk)
     k_pos = _look_one_back(q_pos[..., None]).squeeze(-1)
@@ -259,6 +272,206 @@ def _all_rounds_at_once(qk_rows, v_rows, order, undo, q_pos, k_pos, k_valid, cau
 
     out, lse = unsort(out), unsort(lse)
     return (out * torch.softmax(lse, dim=2).to(out.dtype)).sum(dim=2)
+
+
+# --- the fused CPU path ---------------------------------------------------------------------
+
+# Sorted rows (tokens x rounds) per call of the fused kernel. Its backward zero-fills key and
+# value gradients of twice that many rows: ~2 MB at 4096 rows stays in the allocator's reuse
+# range and in cache, where one call over everything page-faults on fresh buffers (profiled:
+# the kernel ran about a third slower at n=1024 and n=4096 in one call).
+CALL_ROWS = 4096
+
+
+def _cpu_flash_ops():
+    """The CPU's fused attention kernel with its log-sum-exp, and its backward (None if absent).
+
+    ``F.scaled_dot_product_attention`` runs the same kernel on the CPU but does not return the
+    log-sum-exp, which combining the rounds needs.
+    """
+    try:
+        return (torch.ops.aten._scaled_dot_product_flash_attention_for_cpu,
+                torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def fused_available(qk: torch.Tensor, dropout_p: float, need_weights: bool) -> bool:
+    """The fused path runs on the CPU without dropout (its backward would need the same
+    dropout mask again) and without a weights request (the kernel keeps no probabilities)."""
+    return qk.device.type == "cpu" and dropout_p == 0 and not need_weights and _cpu_flash_ops() is not None
+
+
+def _look_back_buffer(t: torch.Tensor) -> torch.Tensor:
+    """(G, n_chunks, c, ...) -> (G, n_chunks + 1, c, ...): the last chunk, then every chunk.
+
+    :func:`_windows` views it as each chunk after the previous one (cyclically): one copy,
+    not the two of a concatenation. With one chunk there is nothing to look back to.
+    """
+    return t if t.shape[1] == 1 else torch.cat([t[:, -1:], t], dim=1)
+
+
+def _windows(buffer: torch.Tensor, n_chunks: int) -> torch.Tensor:
+    """(G, n_chunks + 1, c, ...) -> (G, n_chunks, 2c, ...), overlapping windows of a
+    :func:`_look_back_buffer` (no copy)."""
+    if buffer.shape[1] == n_chunks:
+        return buffer
+    c = buffer.shape[2]
+    return buffer.flatten(1, 2).unfold(1, 2 * c, c).movedim(-1, 2)
+
+
+class _HeadGroup:
+    """Heads ``[start, stop)`` of the flattened (B*H) heads with all their rounds, whose outputs
+    are combined together; the kernel runs over slices of their chunks of at most ``CALL_ROWS``
+    rows. Holds the index maps; row indices are into the group's token rows."""
+
+    def __init__(self, order, undo, start, stop, chunk):
+        heads, rounds, n_pad = stop - start, order.shape[1], order.shape[2]
+        device = order.device
+        self.rows = slice(start * n_pad, stop * n_pad)  # the group's token rows
+        self.n_chunks, self.chunk = n_pad // chunk, chunk
+        # sorted row (head, round, slot) -> token row within the group
+        self.to_sorted = (order[start:stop] + (torch.arange(heads, device=device) * n_pad).view(heads, 1, 1)).flatten()
+        # (head, round, position) -> sorted row
+        self.to_position = (undo[start:stop] + (torch.arange(heads * rounds, device=device) * n_pad).view(heads, rounds, 1)).flatten()
+        chunks = (self.to_sorted + start * n_pad).view(heads * rounds, self.n_chunks, chunk)
+        self.gather = _look_back_buffer(chunks).flatten()  # token rows of the key/value buffers
+        self.positions = order[start:stop].reshape(heads * rounds, self.n_chunks, chunk)
+        step = max(1, CALL_ROWS // (heads * rounds * chunk))
+        self.slices = [(j, min(j + step, self.n_chunks)) for j in range(0, self.n_chunks, step)]
+        by_chunk = self.to_sorted.view(heads * rounds, self.n_chunks, chunk)
+        self.slice_rows = [by_chunk[:, j0:j1].flatten() for j0, j1 in self.slices]
+
+    def inputs(self, qk_rows, v_rows):
+        """Sorted queries, their norms and normalised keys (own chunk), key and value windows."""
+        d = qk_rows.shape[-1]
+        q_buffer = qk_rows.index_select(0, self.gather).view(-1, self.n_chunks + (self.n_chunks > 1), self.chunk, d)
+        norm = torch.linalg.vector_norm(q_buffer, dim=-1, keepdim=True).clamp_min_(1e-12)  # as F.normalize
+        k_buffer = q_buffer / norm
+        v_buffer = v_rows.index_select(0, self.gather).view(q_buffer.shape)
+        own = slice(1, None) if self.n_chunks > 1 else slice(None)
+        return (q_buffer[:, own], norm[:, own], k_buffer[:, own],
+                _windows(k_buffer, self.n_chunks), _windows(v_buffer, self.n_chunks))
+
+    def mask(self, valid_heads, causal, dtype):
+        """Additive mask: hidden keys get the dtype's minimum, a token's own key -5e4 (hidden or
+        not, as in :class:`_ChunkAttention`). (1, 1, c, m) when the same for every chunk."""
+        c = self.chunk
+        m = c if self.n_chunks == 1 else 2 * c
+        if valid_heads is None and not causal:
+            mask = torch.zeros(1, 1, c, m, dtype=dtype, device=self.positions.device)
+        else:
+            k_pos = _windows(_look_back_buffer(self.positions), self.n_chunks)  # (G, n_chunks, m)
+            hidden = torch.zeros(k_pos.shape[:2] + (c, m), dtype=torch.bool, device=k_pos.device)
+            if valid_heads is not None:
+                heads = valid_heads.shape[0]
+                hidden |= ~valid_heads.gather(1, k_pos.reshape(heads, -1)).view(k_pos.shape)[:, :, None, :]
+            if causal:
+                hidden |= k_pos[:, :, None, :] > self.positions[..., None]
+            mask = torch.zeros(hidden.shape, dtype=dtype, device=hidden.device).masked_fill_(hidden, torch.finfo(dtype).min)
+        mask.diagonal(offset=m - c, dim1=-2, dim2=-1).fill_(SELF_SCORE)
+        return mask
+
+
+def _fold_into(total: torch.Tensor, grad: torch.Tensor, j0: int, j1: int) -> None:
+    """Add the gradient of windows ``j0..j1-1`` (G, j1-j0, m, D) to the chunks' (G, n_chunks, c, D)."""
+    c = total.shape[2]
+    total[:, j0:j1] += grad[:, :, -c:]  # own halves (the whole window when there is one chunk)
+    if grad.shape[2] == c:
+        return
+    previous = grad[:, :, :c]  # window j looks back at chunk j - 1, cyclically
+    if j0 == 0:
+        total[:, -1] += previous[:, 0]
+        total[:, :j1 - 1] += previous[:, 1:]
+    else:
+        total[:, j0 - 1:j1 - 1] += previous
+
+
+class _FusedRounds(torch.autograd.Function):
+    """Every round's chunk attention through the CPU's fused kernel, rounds combined.
+
+    Takes the token rows (B*H*n_pad, D) of the shared vectors (unscaled: the kernel multiplies
+    the scores by ``scale``) and of the values; returns the combined output rows.
+
+    The rounds' weights ``softmax(lse_r)`` make the result one softmax over every round's keys
+    together, so its gradient with respect to a round's scores is ``w_r * p * (g.v - g.out)``
+    with ``out`` the *combined* output. The kernel's backward computes ``p * (g'.v - g'.o)``
+    with ``g' = w_r * g`` and the ``o`` it is given: given the combined output, it returns the
+    exact gradient, the part through the log-sum-exps included. Nothing per round is kept but
+    the log-sum-exps; the sorted copies are gathered again in backward.
+    """
+
+    @staticmethod
+    def forward(ctx, qk_rows, v_rows, groups, masks, rounds, scale):
+        forward_kernel, _ = _cpu_flash_ops()
+        d = qk_rows.shape[-1]
+        combined = qk_rows.new_zeros(qk_rows.shape)
+        kept = []
+        for group, mask in zip(groups, masks):
+            sq, _, _, keys, values = group.inputs(qk_rows, v_rows)
+            outs, lses = [], []
+            for j0, j1 in group.slices:
+                out, lse = forward_kernel(sq[:, j0:j1], keys[:, j0:j1], values[:, j0:j1], 0.0, False,
+                                          attn_mask=mask if mask.shape[1] == 1 else mask[:, j0:j1], scale=scale)
+                outs.append(out)
+                lses.append(lse)
+            lse = torch.cat(lses, dim=1).flatten()  # per sorted row; float32 for half precisions
+            # Round weights softmax(lse_r) in token order (not exp(lse - logsumexp): at lse ~ -5e4,
+            # a token that only sees itself, that difference loses float32 digits), then sorted.
+            by_position = lse.index_select(0, group.to_position).view(-1, rounds, group.n_chunks * group.chunk)
+            weight = torch.empty_like(lse).index_copy_(0, group.to_position, torch.softmax(by_position, dim=1).view(-1))
+            weight = weight.view(sq.shape[:-1]).to(qk_rows.dtype)
+            for (j0, j1), rows, out in zip(group.slices, group.slice_rows, outs):
+                combined[group.rows].index_add_(0, rows, out.mul_(weight[:, j0:j1, :, None]).reshape(-1, d))
+            kept.append((lse.view(sq.shape[:-1]), weight))
+        ctx.save_for_backward(qk_rows, v_rows, combined)
+        ctx.groups, ctx.masks, ctx.kept, ctx.scale = groups, masks, kept, scale
+        return combined
+
+    @staticmethod
+    def backward(ctx, grad):
+        _, backward_kernel = _cpu_flash_ops()
+        qk_rows, v_rows, combined = ctx.saved_tensors
+        d = qk_rows.shape[-1]
+        grad_qk, grad_v = torch.zeros_like(qk_rows), torch.zeros_like(v_rows)
+        for group, mask, (lse, weight) in zip(ctx.groups, ctx.masks, ctx.kept):
+            sq, norm, sk, keys, values = group.inputs(qk_rows, v_rows)
+            grad_sk, grad_sv = torch.zeros_like(sk), torch.zeros_like(sk)
+            for (j0, j1), rows in zip(group.slices, group.slice_rows):
+                shape = (sq.shape[0], j1 - j0) + sq.shape[2:]
+                grad_q, grad_keys, grad_values = backward_kernel(
+                    grad[group.rows].index_select(0, rows).view(shape).mul_(weight[:, j0:j1, :, None]),
+                    sq[:, j0:j1], keys[:, j0:j1], values[:, j0:j1],
+                    combined[group.rows].index_select(0, rows).view(shape), lse[:, j0:j1],
+                    0.0, False, attn_mask=mask if mask.shape[1] == 1 else mask[:, j0:j1], scale=ctx.scale,
+                )
+                grad_qk[group.rows].index_add_(0, rows, grad_q.reshape(-1, d))
+                _fold_into(grad_sk, grad_keys, j0, j1)
+                _fold_into(grad_sv, grad_values, j0, j1)
+            # keys = q / |q|: d/dq = (grad_k - k (k . grad_k)) / |q|
+            grad_sk.sub_(sk * (sk * grad_sk).sum(-1, keepdim=True)).div_(norm)
+            grad_qk[group.rows].index_add_(0, group.to_sorted, grad_sk.view(-1, d))
+            grad_v[group.rows].index_add_(0, group.to_sorted, grad_sv.view(-1, d))
+        return grad_qk, grad_v, None, None, None, None
+
+
+def _fused_rounds(qk_rows, v_rows, order, undo, valid, causal, chunk, scale):
+    """Every hashing round through the CPU's fused attention kernel (see :class:`_FusedRounds`).
+
+    The same computation as the round loop, except that a token's own score is its dot product
+    plus -5e4 instead of -5e4 (its weight is 0 next to any visible key either way, and 1 alone).
+    ``valid`` (B, n_pad) bool or None when nothing is padded. Returns (B, H, n_pad, D).
+    """
+    b, h, rounds, n_pad = order.shape
+    order, undo = order.reshape(b * h, rounds, n_pad), undo.reshape(b * h, rounds, n_pad)
+    valid_heads = None if valid is None else valid.repeat_interleave(h, dim=0)  # (B*H, n_pad)
+    per_group = max(1, CALL_ROWS // (rounds * n_pad))
+    groups, masks = [], []
+    for start in range(0, b * h, per_group):
+        stop = min(start + per_group, b * h)
+        groups.append(_HeadGroup(order, undo, start, stop, chunk))
+        masks.append(groups[-1].mask(None if valid_heads is None else valid_heads[start:stop], causal, qk_rows.dtype))
+    return _FusedRounds.apply(qk_rows, v_rows, groups, masks, rounds, scale).view(b, h, n_pad, -1)
 
 
 def shared_qk_dense_attention(qk, v, *, key_padding_mask=None, causal=False, dropout_p=0.0):
