@@ -47,6 +47,23 @@ def attention_mask(key_padding_mask, causal, q_len, k_len, device) -> torch.Tens
     return mask
 
 
+def cpu_flash_ops():
+    """The CPU's fused attention kernel and its backward, or None where this torch lacks them.
+
+    ``F.scaled_dot_product_attention`` runs this kernel on the CPU, but returns neither its
+    log-sum-exp nor a way to call the backward on chosen slices: variants that work on many
+    small blocks (``sparse``'s windows, ``lsh``'s rounds) call it directly. Signatures:
+    ``forward(q, k, v, dropout_p, is_causal, *, attn_mask, scale) -> (out, lse)`` and
+    ``backward(grad_out, q, k, v, out, lse, dropout_p, is_causal, *, attn_mask, scale) ->
+    (grad_q, grad_k, grad_v)`` on (B, H, L, D) tensors (any strides, last one 1).
+    """
+    try:
+        return (torch.ops.aten._scaled_dot_product_flash_attention_for_cpu,
+                torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward)
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def dense_attention(q, k, v, *, key_padding_mask=None, causal=False, dropout_p=0.0, need_weights=False):
     """Scaled dot-product attention on (B, H, L, D) tensors; returns (out, weights or None).
 

@@ -76,12 +76,22 @@ def test_sparse_never_builds_an_n_by_n_score_matrix(monkeypatch):
         seen.append(q.shape[-2] * k.shape[-2])
         return real_sdpa(q, k, v, **kw)
 
+    import attnbench.plugins.attention.sparse as sparse_module
+
+    real_kernel = sparse_module.cpu_flash_ops()[0]
+
+    def spy_kernel(q, k, v, *args, **kw):  # the fused CPU kernel the local pattern calls directly
+        seen.append(q.shape[-2] * k.shape[-2])
+        return real_kernel(q, k, v, *args, **kw)
+
     monkeypatch.setattr(torch.Tensor, "__matmul__", spy_matmul)
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy_sdpa)
+    monkeypatch.setattr(sparse_module, "cpu_flash_ops", lambda: (spy_kernel, None))
     q, k, v = (torch.randn(1, 2, n, 8) for _ in range(3))
     for pattern in ("local", "strided", "block"):
         blocked_sparse_attention(q, k, v, SparseOptions(pattern=pattern, window=window, block_size=window, summary=2))
-    assert seen and max(seen) <= n * n // 8
+        assert seen and max(seen) <= n * n // 8, pattern
+        seen.clear()
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -350,3 +360,25 @@ def test_lsh_fused_cpu_path_equals_the_round_loop(causal, call_rows, monkeypatch
         grads.append((real.detach(), *torch.autograd.grad(real.square().sum(), (qk, v))))
     for loop, fused in zip(*grads):
         assert (loop - fused).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("call_elements", [2**19, 100])  # one kernel call per example; one block per call
+def test_sparse_local_fused_cpu_path_equals_the_sdpa_path(causal, call_elements, monkeypatch):
+    """The CPU default for ``local`` (the fused kernel over slices of blocks, window gradients
+    added back by hand) computes what the single SDPA call over unfolded windows computes."""
+    import attnbench.plugins.attention.sparse as sparse_module
+
+    monkeypatch.setattr(sparse_module, "CALL_ELEMENTS", call_elements)
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(2, 3, 45, 8, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    mask = torch.zeros(2, 45, dtype=torch.bool)
+    mask[1, 38:] = True
+    assert sparse_module.local_fused_available(q, 0.0) and not sparse_module.local_fused_available(q, 0.1)
+    results = []
+    for out in (sparse_module._local_sdpa(q, k, v, mask, window=7, causal=causal, dropout_p=0.0),
+                blocked_sparse_attention(q, k, v, SparseOptions(window=7), key_padding_mask=mask, causal=causal)[0]):
+        real = out.transpose(1, 2)[~mask]
+        results.append((real.detach(), *torch.autograd.grad(real.square().sum(), (q, k, v))))
+    for sdpa, fused in zip(*results):
+        assert (sdpa - fused).abs().max() < 1e-12

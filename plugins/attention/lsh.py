@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from attnbench import Attention, hookimpl
+from attnbench.attention import cpu_flash_ops
 
 SELF_SCORE = -5e4  # a token sees itself only when every other key is masked
 
@@ -283,23 +284,10 @@ def _all_rounds_at_once(qk_rows, v_rows, order, undo, q_pos, k_pos, k_valid, cau
 CALL_ROWS = 4096
 
 
-def _cpu_flash_ops():
-    """The CPU's fused attention kernel with its log-sum-exp, and its backward (None if absent).
-
-    ``F.scaled_dot_product_attention`` runs the same kernel on the CPU but does not return the
-    log-sum-exp, which combining the rounds needs.
-    """
-    try:
-        return (torch.ops.aten._scaled_dot_product_flash_attention_for_cpu,
-                torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward)
-    except (AttributeError, RuntimeError):
-        return None
-
-
 def fused_available(qk: torch.Tensor, dropout_p: float, need_weights: bool) -> bool:
     """The fused path runs on the CPU without dropout (its backward would need the same
     dropout mask again) and without a weights request (the kernel keeps no probabilities)."""
-    return qk.device.type == "cpu" and dropout_p == 0 and not need_weights and _cpu_flash_ops() is not None
+    return qk.device.type == "cpu" and dropout_p == 0 and not need_weights and cpu_flash_ops() is not None
 
 
 def _look_back_buffer(t: torch.Tensor) -> torch.Tensor:
@@ -403,7 +391,7 @@ class _FusedRounds(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qk_rows, v_rows, groups, masks, rounds, scale):
-        forward_kernel, _ = _cpu_flash_ops()
+        forward_kernel, _ = cpu_flash_ops()
         d = qk_rows.shape[-1]
         combined = qk_rows.new_zeros(qk_rows.shape)
         kept = []
@@ -430,7 +418,7 @@ class _FusedRounds(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        _, backward_kernel = _cpu_flash_ops()
+        _, backward_kernel = cpu_flash_ops()
         qk_rows, v_rows, combined = ctx.saved_tensors
         d = qk_rows.shape[-1]
         grad_qk, grad_v = torch.zeros_like(qk_rows), torch.zeros_like(v_rows)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from attnbench import Attention, hookimpl
-from attnbench.attention import dense_attention
+from attnbench.attention import cpu_flash_ops, dense_attention
 
 
 class SparseOptions(BaseModel):
@@ -167,19 +167,121 @@ def _local_sdpa(q, k, v, key_padding_mask, *, window, causal, dropout_p) -> torc
         padded = F.pad(t.transpose(1, 2), (0, 0, 0, 0, blk, n_pad - n + forward * blk))
         return padded.unfold(1, m, blk).transpose(-1, -2).reshape(b * nb, h, m, d)
 
-    query_pos = torch.arange(n_pad, device=q.device).view(nb, blk, 1)
-    key_pos = ((torch.arange(nb, device=q.device)[:, None] - 1) * blk + torch.arange(m, device=q.device))[:, None, :]
-    ok = (key_pos >= 0) & (key_pos < n) & ((query_pos - key_pos).abs() < window)  # (nb, blk, m)
-    if causal:
-        ok = ok & (key_pos <= query_pos)
-    if key_padding_mask is not None:
-        ok = ok & ~key_padding_mask[:, key_pos.clamp(0, n - 1)]  # (B, nb, blk, m)
-    # A finite minimum (not -inf): a padding query whose keys are all padding stays finite.
-    mask = torch.zeros(ok.shape, dtype=q.dtype, device=q.device).masked_fill_(~ok, torch.finfo(q.dtype).min)
+    mask = _band_mask(n, blk, m, window, causal, key_padding_mask, q.dtype, q.device)
     mask = mask.expand(b, nb, blk, m).reshape(b * nb, 1, blk, m)
     out = F.scaled_dot_product_attention(qb, key_windows(k), key_windows(v), attn_mask=mask,
                                          dropout_p=dropout_p, scale=1.0)
     return out.reshape(b, nb, h, blk, d).transpose(2, 3).reshape(b, n_pad, h, d)[:, :n].transpose(1, 2)
+
+
+def _band_mask(n, blk, m, window, causal, key_padding_mask, dtype, device) -> torch.Tensor:
+    """Additive (B or 1, nb, blk, m) mask of the local blocks: 0 where query i of a block may see
+    key j of its window (``|i - j| < window``, in range, not padding, not in the future), the
+    dtype's minimum elsewhere. One plane per block, shared by every head."""
+    nb = math.ceil(n / blk)
+    query_pos = torch.arange(nb * blk, device=device).view(nb, blk, 1)
+    key_pos = ((torch.arange(nb, device=device)[:, None] - 1) * blk + torch.arange(m, device=device))[:, None, :]
+    ok = (key_pos >= 0) & (key_pos < n) & ((query_pos - key_pos).abs() < window)  # (nb, blk, m)
+    if causal:
+        ok = ok & (key_pos <= query_pos)
+    ok = ok[None] if key_padding_mask is None else ok & ~key_padding_mask[:, key_pos.clamp(0, n - 1)]
+    # A finite minimum (not -inf): a padding query whose keys are all padding stays finite.
+    return torch.zeros(ok.shape, dtype=dtype, device=device).masked_fill_(~ok, torch.finfo(dtype).min)
+
+
+# Key-window elements (blocks x heads x keys x head_dim) per call of the fused CPU kernel: its
+# backward zero-fills key and value gradients that large, ~2 MB in float32, which stays in
+# cache and in the allocator's reuse range; one call over all blocks page-faults on fresh
+# buffers (profiled: the zero fills and unfold's backward were ~8% of the module at n=4096).
+CALL_ELEMENTS = 2**19
+
+
+def local_fused_available(q: torch.Tensor, dropout_p: float) -> bool:
+    """The fused path runs on the CPU without dropout (its backward would need the same mask)."""
+    return q.device.type == "cpu" and dropout_p == 0 and cpu_flash_ops() is not None
+
+
+class _LocalWindows(torch.autograd.Function):
+    """The ``local`` pattern through the CPU's fused kernel, a few blocks per call.
+
+    Same blocks as :func:`_local_sdpa`: ``blk`` queries, each block seeing the ``m`` keys of its
+    window (previous, own and unless causal next block) of the zero-padded keys. Queries are
+    views of the (B, n, H, D) rows, key windows views of the padded rows; the backward adds the
+    window gradients back onto the rows slice by slice instead of unfold's full-size backward.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, blk, m, scale):
+        forward_kernel, _ = cpu_flash_ops()
+        b, h, n, d = q.shape
+        nb = math.ceil(n / blk)
+        rows = _rows(q, nb * blk)
+        keys, values = (_rows(t, nb * blk, before=blk, after=m - 2 * blk) for t in (k, v))
+        out = rows.new_empty(rows.shape)
+        lse = rows.new_empty((b, nb, h, blk), dtype=torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype)
+        for i, j0, j1 in _slices(b, nb, h * m * d):
+            out_blocks, lse[i, j0:j1] = forward_kernel(
+                _blocks(rows[i], j0, j1, blk), _windows_of(keys[i], j0, j1, blk, m), _windows_of(values[i], j0, j1, blk, m),
+                0.0, False, attn_mask=mask[i if mask.shape[0] > 1 else 0, j0:j1, None], scale=scale)
+            _blocks(out[i], j0, j1, blk).copy_(out_blocks)
+        ctx.save_for_backward(rows, keys, values, mask, out, lse)
+        ctx.blk, ctx.m, ctx.scale, ctx.n = blk, m, scale, n
+        return out[:, :n].transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        _, backward_kernel = cpu_flash_ops()
+        rows, keys, values, mask, out, lse = ctx.saved_tensors
+        blk, m, n = ctx.blk, ctx.m, ctx.n
+        b, n_pad, h, d = rows.shape
+        grad_rows = _rows(grad, n_pad)
+        grad_q = torch.empty_like(rows)
+        grad_k, grad_v = torch.zeros_like(keys), torch.zeros_like(values)
+        for i, j0, j1 in _slices(b, n_pad // blk, h * m * d):
+            gq, gk, gv = backward_kernel(
+                _blocks(grad_rows[i], j0, j1, blk), _blocks(rows[i], j0, j1, blk),
+                _windows_of(keys[i], j0, j1, blk, m), _windows_of(values[i], j0, j1, blk, m),
+                _blocks(out[i], j0, j1, blk), lse[i, j0:j1], 0.0, False,
+                attn_mask=mask[i if mask.shape[0] > 1 else 0, j0:j1, None], scale=ctx.scale)
+            _blocks(grad_q[i], j0, j1, blk).copy_(gq)
+            for part in range(m // blk):  # window j's part p holds the padded rows of block j + p
+                _blocks(grad_k[i], j0 + part, j1 + part, blk).add_(gk[:, :, part * blk:(part + 1) * blk])
+                _blocks(grad_v[i], j0 + part, j1 + part, blk).add_(gv[:, :, part * blk:(part + 1) * blk])
+        heads = lambda t, start: t[:, start:start + n].transpose(1, 2)  # noqa: E731  (B, H, n, D) views
+        return heads(grad_q, 0), heads(grad_k, blk), heads(grad_v, blk), None, None, None, None
+
+
+def _rows(t, length, before=0, after=0):
+    """(B, H, n, D) -> (B, before + length + after, H, D) rows, zero-padded; a view when nothing is added."""
+    rows = t.transpose(1, 2)
+    extra = before + length - rows.shape[1] + after
+    return F.pad(rows, (0, 0, 0, 0, before, extra - before)) if extra else rows
+
+
+def _blocks(rows, j0, j1, blk):
+    """Blocks j0..j1-1 of one example's (L, H, D) rows as (j1 - j0, H, blk, D), a view."""
+    h, d = rows.shape[1:]
+    return rows[j0 * blk:j1 * blk].view(j1 - j0, blk, h, d).transpose(1, 2)
+
+
+def _windows_of(rows, j0, j1, blk, m):
+    """Windows j0..j1-1 (m rows from row j * blk) of one example's padded rows: (j1 - j0, H, m, D), a view."""
+    return rows[j0 * blk:(j1 - 1) * blk + m].unfold(0, m, blk).permute(0, 1, 3, 2)
+
+
+def _slices(b, nb, window_elements):
+    """(example, first block, end block) of each kernel call: about ``CALL_ELEMENTS`` window elements."""
+    step = max(1, CALL_ELEMENTS // window_elements)
+    return [(i, j, min(j + step, nb)) for i in range(b) for j in range(0, nb, step)]
+
+
+def _local_fused(q, k, v, key_padding_mask, *, window, causal) -> torch.Tensor:
+    """The ``local`` pattern on the CPU through :class:`_LocalWindows`. Returns (B, H, n, D)."""
+    n, d = q.shape[-2:]
+    blk = min(window, n)
+    m = (3 - causal) * blk
+    mask = _band_mask(n, blk, m, window, causal, key_padding_mask, q.dtype, q.device)
+    return _LocalWindows.apply(q, k, v, mask, blk, m, 1.0 / math.sqrt(d))
 
 
 def _fixed_layout(q, k, v, valid, *, block_size, summary, causal) -> _BlockLayout:
@@ -258,6 +360,8 @@ def blocked_sparse_attention(q, k, v, options: SparseOptions, *, key_padding_mas
     none) gets an arbitrary finite output.
     """
     b, h, n, d = q.shape
+    if options.pattern == "local" and not need_weights and local_fused_available(q, dropout_p):
+        return _local_fused(q, k, v, key_padding_mask, window=options.window, causal=causal), None
     if options.pattern == "local" and not need_weights:
         return _local_sdpa(q, k, v, key_padding_mask, window=options.window, causal=causal, dropout_p=dropout_p), None
     q = q * (1.0 / math.sqrt(d))  # scale the n x D queries, not the n x m scores
