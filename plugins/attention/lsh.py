@@ -168,7 +168,7 @@ def lsh_attention(qk, v, options: LSHOptions, *, key_padding_mask=None, causal=F
 
     Returns ``(out, weights)``; weights as described in the module docstring, or None.
     Three ways to compute the same thing. By default, on the CPU without dropout or weights,
-    every round goes through the CPU's fused attention kernel in one call (:func:`_fused_rounds`).
+    every round goes through the CPU's fused attention kernel (:func:`_fused_rounds`).
     ``rounds_at_once`` (default: on CUDA, without weights) batches the hand-written chunk
     attention over the rounds, trading ``n_hashes`` times the temporaries for a fraction of the
     kernel launches; otherwise the rounds run one after another. Passing ``rounds_at_once``
