@@ -153,7 +153,9 @@ def length_tables(task: TaskSummary) -> list[tuple[str, list[str], list[list[str
     for metric in sorted({BUCKET_METRIC.match(b)["metric"] for row in task.rows for b in row.buckets}):
         names = bucket_names(task, metric)
         header = ["model"] + [bucket_label(n) for n in names]
-        digits = decimals(max((abs(s.mean) for row in task.rows for s in row.buckets.values()), default=0.0))
+        # one precision per metric: accuracy buckets (0.83) and BLEU buckets (27.5) never share one
+        digits = decimals(max((abs(row.buckets[n].mean) for row in task.rows for n in names if n in row.buckets),
+                              default=0.0))
         out.append((metric, header, [[row.model] + [stat_cell(row.buckets.get(n), row.n, digits) for n in names]
                                      for row in task.rows]))
     return out
