@@ -258,3 +258,24 @@ def batch_indices(n: int, batch_size: int, *, shuffle: bool, generator=None) -> 
         raise BadInputError(f"train.batch_size: must be a positive integer (got {batch_size})")
     order = torch.randperm(n, generator=generator).tolist() if shuffle else list(range(n))
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+LENGTH_POOL = 32  # batches of similar length are cut from pools of LENGTH_POOL * batch_size examples
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, *, generator=None,
+                           pool: int = LENGTH_POOL) -> list[list[int]]:
+    """Shuffled batches of examples of similar length (``train.group_by_length``).
+
+    The examples are shuffled and cut into pools of ``pool * batch_size``; each pool is sorted
+    by length and cut into batches, and the batches are shuffled. A batch then pads to a length
+    close to its members' own (about half the compute of random batches on sentences of 5-50
+    tokens), while which examples meet and the order of batches stay random. Only the last pool
+    can leave a short batch, so there are as many batches as random batching makes."""
+    import torch
+
+    batches = []
+    for members in batch_indices(len(lengths), batch_size * pool, shuffle=True, generator=generator):
+        members = sorted(members, key=lambda i: lengths[i])
+        batches += [members[i : i + batch_size] for i in range(0, len(members), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]

@@ -18,7 +18,7 @@ from typing import ClassVar, Iterator
 import torch
 from pydantic import BaseModel, Field
 
-from .data import batch_indices
+from .data import batch_indices, length_grouped_batches
 from .errors import BadInputError
 from .options import parse_options
 from .models import TaskIO
@@ -91,9 +91,19 @@ class Task:
         """Load data and build the vocabulary (idempotent); return what models need to know."""
         raise NotImplementedError
 
-    def batches(self, split: str, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[Batch]:
-        """Yield batches of ``split`` (``train``, ``validation`` or ``test``)."""
+    def batches(self, split: str, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
+                group_by_length: bool = False) -> Iterator[Batch]:
+        """Yield batches of ``split`` (``train``, ``validation`` or ``test``).
+
+        ``group_by_length`` (only ever passed as True, so tasks written before it keep working):
+        batches of examples of similar length, as :func:`attnbench.data.length_grouped_batches`
+        makes them (``train.group_by_length``)."""
         raise NotImplementedError
+
+    def example_lengths(self, split: str) -> list[int] | None:
+        """Tokens of each example of ``split``, in the order the task batches them; None when the
+        task cannot tell, and then ``train.group_by_length`` is refused before training."""
+        return None
 
     def num_batches(self, split: str, batch_size: int) -> int:
         raise NotImplementedError
@@ -146,14 +156,23 @@ class SplitTask(Task):
         """The batch of the examples ``indices`` of ``split``."""
         raise NotImplementedError
 
-    def batch_plan(self, split: str, batch_size: int, *, shuffle: bool,
-                   generator: torch.Generator | None = None) -> list[list[int]]:
-        """Example indices of each batch: in order, or shuffled with ``generator``."""
+    def batch_plan(self, split: str, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
+                   group_by_length: bool = False) -> list[list[int]]:
+        """Example indices of each batch: in order, shuffled with ``generator``, or (shuffled and
+        ``group_by_length``) shuffled batches of similar length."""
+        if shuffle and group_by_length:
+            lengths = self.example_lengths(split)
+            if lengths is None:
+                raise BadInputError(f"train.group_by_length: task {type(self).__name__} does not report the lengths "
+                                    f"of its examples (Task.example_lengths); set train.group_by_length: false")
+            return length_grouped_batches(lengths, batch_size, generator=generator)
         return batch_indices(self.split_size(split), batch_size, shuffle=shuffle, generator=generator)
 
-    def batches(self, split, batch_size, *, shuffle, generator=None) -> Iterator[Batch]:
+    def batches(self, split, batch_size, *, shuffle, generator=None, group_by_length=False) -> Iterator[Batch]:
         self._prepare_split(split)
-        for indices in self.batch_plan(split, batch_size, shuffle=shuffle, generator=generator):
+        plan = self.batch_plan(split, batch_size, shuffle=shuffle, generator=generator,
+                               **({"group_by_length": True} if group_by_length else {}))
+        for indices in plan:
             yield self.make_batch(split, indices)
 
     def num_batches(self, split, batch_size) -> int:

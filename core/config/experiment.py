@@ -97,6 +97,8 @@ class TrainConfig(BaseModel):
     grad_clip: float | None = Field(1.0, gt=0)
     warmup_steps: int = Field(0, ge=0)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
+    group_by_length: bool = Field(
+        False, description="train on shuffled batches of examples of similar length (less padding, same number of steps)")
     log_every: int = Field(10, ge=1, description="log train/loss every N steps")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "off", "bf16"] = Field("auto", description="auto: bf16 autocast on cuda")
@@ -165,6 +167,8 @@ class RunSpec:
         config = self.resolved()
         for cosmetic in ("log_every", "save_checkpoint", "device", "threads"):
             config["train"].pop(cosmetic, None)
+        if not config["train"].get("group_by_length"):  # added later: at its default, keys stay as they were
+            config["train"].pop("group_by_length", None)
         if self.provenance:  # a changed or swapped plugin is a different result
             config["provenance"] = self.provenance
         blob = json.dumps(config, sort_keys=True, separators=(",", ":"))

@@ -84,6 +84,11 @@ def preflight(specs: list[RunSpec], host: PluginHost, *, device: str | None = No
             problems.append(Problem(f"tasks.{spec.task}", f"loading the data failed: {type(exc).__name__}: "
                                                           f"{short_repr(str(exc), 200)[1:-1]}"))
 
+    for spec in _unique(specs, lambda s: s.task):
+        if spec.task in tasks and spec.train.group_by_length and tasks[spec.task].example_lengths("train") is None:
+            problems.append(Problem("train.group_by_length", f"task {spec.task!r} does not report the lengths of its "
+                                    f"examples (its plugin has no Task.example_lengths); set it to false"))
+
     for spec in _unique(specs, lambda s: (s.task, s.model_label)):
         if spec.task not in ios:
             continue

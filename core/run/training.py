@@ -173,7 +173,9 @@ def fit(
         model.train()
         started = time.perf_counter()
         with phase(TRAIN_PHASE):
-            for batch in task.batches("train", cfg.batch_size, shuffle=True, generator=generator):
+            # the flag is passed only when set, so tasks written before it keep working
+            grouping = {"group_by_length": True} if cfg.group_by_length else {}
+            for batch in task.batches("train", cfg.batch_size, shuffle=True, generator=generator, **grouping):
                 batch = batch.to(device)
                 with autocast_for(device, cfg.amp):
                     loss = task.loss(model, batch)

@@ -33,7 +33,7 @@ import torch
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from attnbench import Batch, Evaluation, SplitSizes, SplitTask, TaskIO, hookimpl
-from attnbench.data import PAD, SPECIAL_TOKENS, batch_indices, pad_batch
+from attnbench.data import PAD, SPECIAL_TOKENS, pad_batch
 
 from .classification import ACCURACY_SIGNIFICANCE, classification_loss, predict_classes
 
@@ -43,7 +43,6 @@ DIGITS = tuple(str(d) for d in range(10))
 VOCAB = list(SPECIAL_TOKENS) + list(DIGITS) + list(OPERATORS) + [CLOSE]
 TOKEN_ID = {token: i for i, token in enumerate(VOCAB)}
 SMALLEST_BRACKET = 4  # "[OP a b ]"
-POOL = 32  # batches are cut from pools of POOL * batch_size examples sorted by length
 
 
 class ListOpsOptions(SplitSizes):
@@ -216,16 +215,13 @@ class ListOpsTask(SplitTask):
         return Batch({"tokens": tokens, "padding_mask": mask, "labels": labels}, n_tokens=sum(map(len, seqs)),
                      ids=[self.examples[split][i]["id"] for i in indices])
 
-    def batch_plan(self, split, batch_size, *, shuffle, generator=None) -> list[list[int]]:
-        """Batches of similar lengths (little padding at long lengths), in random order when shuffling."""
-        lengths = [len(s) for s in self.encoded[split]]
-        batches = []
-        for pool in batch_indices(len(lengths), batch_size * POOL, shuffle=shuffle, generator=generator):
-            pool = sorted(pool, key=lambda i: lengths[i]) if shuffle else pool
-            batches += [pool[i: i + batch_size] for i in range(0, len(pool), batch_size)]
-        if shuffle:
-            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-        return batches
+    def example_lengths(self, split) -> list[int]:
+        return [len(s) for s in self.encoded[split]]
+
+    def batch_plan(self, split, batch_size, *, shuffle, generator=None, group_by_length=True) -> list[list[int]]:
+        """Always batches of similar lengths when shuffling, whatever train.group_by_length says:
+        lengths here span 10x, and random batches would pad most of their compute."""
+        return super().batch_plan(split, batch_size, shuffle=shuffle, generator=generator, group_by_length=True)
 
     def loss(self, model, batch):
         return classification_loss(model, batch)

@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from attnbench import Batch, Evaluation, SplitTask, TaskIO, hookimpl
-from attnbench.data import (CLS, PAD, SEP, DataSource, TokenizerOptions, batch_indices, column, load_splits,
-                            require_columns, train_tokenizer)
+from attnbench.data import (CLS, PAD, SEP, DataSource, TokenizerOptions, batch_indices, column, length_grouped_batches,
+                            load_splits, require_columns, train_tokenizer)
 from attnbench.errors import BadInputError
 
 from .qa_baselines import ARTIFACT as BASELINES_ARTIFACT, TrivialBaselines, answer_words, score_baselines
@@ -291,10 +291,17 @@ class QATask(SplitTask):
         self._prepare_split(split)
         return [i for i, w in enumerate(self.windows[split]) if w.start is not None]
 
-    def batch_plan(self, split, batch_size, *, shuffle, generator=None) -> list[list[int]]:
+    def example_lengths(self, split) -> list[int]:
+        """Tokens of each window that contains its answer (the windows training sees)."""
+        return [len(self.windows[split][i].ids) for i in self._answer_windows(split)]
+
+    def batch_plan(self, split, batch_size, *, shuffle, generator=None, group_by_length=False) -> list[list[int]]:
         """Batches of the windows of ``split`` that contain the answer."""
         answered = self._answer_windows(split)
-        plan = batch_indices(len(answered), batch_size, shuffle=shuffle, generator=generator)
+        if shuffle and group_by_length:
+            plan = length_grouped_batches(self.example_lengths(split), batch_size, generator=generator)
+        else:
+            plan = batch_indices(len(answered), batch_size, shuffle=shuffle, generator=generator)
         return [[answered[i] for i in batch] for batch in plan]
 
     def make_batch(self, split: str, indices: list[int]) -> Batch:

@@ -125,6 +125,9 @@ class ReverseTask(SplitTask):
     def split_size(self, split):
         return len(self.examples[split])
 
+    def example_lengths(self, split) -> list[int]:
+        return [len(r["source"]) + len(r["target"]) for r in self.examples[split]]
+
     def make_batch(self, split: str, indices: list[int]) -> Batch:
         rows = [self.examples[split][i] for i in indices]
         src, src_mask = pad_batch([r["source"] for r in rows], PAD)

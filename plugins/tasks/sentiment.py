@@ -113,6 +113,9 @@ class SentimentTask(SplitTask):
     def split_size(self, split):
         return len(self.encoded[split])
 
+    def example_lengths(self, split) -> list[int]:
+        return [len(ids) for ids in self.encoded[split]]
+
     def make_batch(self, split: str, indices: list[int]) -> Batch:
         seqs = [self.encoded[split][i] for i in indices]
         tokens, mask = pad_batch(seqs, PAD)

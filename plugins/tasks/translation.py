@@ -144,6 +144,10 @@ class TranslationTask(SplitTask):
     def split_size(self, split):
         return len(self.sources[split])
 
+    def example_lengths(self, split) -> list[int]:
+        """Source plus target tokens: a batch pads both sides, so similar sums pad little."""
+        return [len(s) + len(t) for s, t in zip(self.sources[split], self.targets[split])]
+
     def make_batch(self, split: str, indices: list[int]) -> Batch:
         src, src_mask = pad_batch([self.sources[split][i] for i in indices], PAD)
         tgt, _ = pad_batch([self.targets[split][i] for i in indices], PAD)
