@@ -382,3 +382,37 @@ def test_sparse_local_fused_cpu_path_equals_the_sdpa_path(causal, call_elements,
         results.append((real.detach(), *torch.autograd.grad(real.square().sum(), (q, k, v))))
     for sdpa, fused in zip(*results):
         assert (sdpa - fused).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("variant", ["lsh", "sparse"])
+def test_without_the_private_cpu_kernel_the_modules_fall_back_to_the_same_result(variant, monkeypatch):
+    """A torch without ``_scaled_dot_product_flash_attention_for_cpu`` (it is a private op):
+    the fused CPU paths are not taken, and the whole module, forward and backward, computes what
+    it computes with them."""
+    import attnbench.attention as core_attention
+    import attnbench.plugins.attention.lsh as lsh_module
+    import attnbench.plugins.attention.sparse as sparse_module
+
+    module_of = {"lsh": lsh_module, "sparse": sparse_module}
+    torch.manual_seed(0)
+    attention = (LSHAttention(16, 2, 0.0, LSHOptions(bucket_size=4, n_hashes=2)) if variant == "lsh"
+                 else SparseAttention(16, 2, 0.0, SparseOptions(window=4))).double()
+    x = torch.randn(2, 23, 16, dtype=torch.float64, requires_grad=True)
+    mask = torch.zeros(2, 23, dtype=torch.bool)
+    mask[1, 17:] = True
+
+    def run():
+        out = attention(x, key_padding_mask=mask)
+        out = out[0] if isinstance(out, tuple) else out
+        real = out[~mask]
+        return (real.detach(), *torch.autograd.grad(real.square().sum(), (x, *attention.parameters())))
+
+    calls = []
+    real_ops = core_attention.cpu_flash_ops
+    monkeypatch.setattr(module_of[variant], "cpu_flash_ops", lambda: calls.append(1) or real_ops())
+    fused = run()
+    assert calls, "the fused path was not taken with the kernel present"
+    monkeypatch.setattr(module_of[variant], "cpu_flash_ops", lambda: None)
+    fallback = run()
+    for a, b in zip(fused, fallback):
+        assert (a - b).abs().max() < 1e-10
