@@ -113,51 +113,47 @@ def _person_story(rng: random.Random, options: StoryOptions) -> dict:
     """'Where is X?': the place of X's last move."""
     n = rng.randint(options.min_sentences, options.max_sentences)
     people = rng.sample(NAMES[: options.n_names], options.n_people)
-    places = PLACES[: options.n_places]
-    target, others = people[0], people[1:]
     support = rng.randrange(n)  # uniform position: distances to the question vary evenly
-
-    sentences: list[str] = []
-    answer = ""
-    for i in range(n):
-        if i == support:
-            sentence, answer = _move(rng, target, places)
-            answer_start = _offset(sentences) + sentence.rindex(answer)
-        else:
-            # After the supporting fact the target must not move again; before it, it may.
-            movers = others + [target] if (i < support and options.stale_moves) else others
-            sentence = _filler(rng, rng.choice(movers), places, options, OBJECTS)
-        sentences.append(sentence)
-    return _row(sentences, rng.choice(QUESTIONS).format(name=target), answer, answer_start, n - 1 - support)
+    sentences, answer, answer_start = _latest_move(rng, options, n, people, support, {}, OBJECTS)
+    return _row(sentences, rng.choice(QUESTIONS).format(name=people[0]), answer, answer_start, n - 1 - support)
 
 
 def _object_story(rng: random.Random, options: StoryOptions) -> dict:
     """'Where is the football?': the place of the last move of the person who picked it up.
 
     The pickup and the holder's last move sit at two distinct uniform positions, in either
-    order. Nobody else touches the object asked for, and the holder does not move after
-    ``support`` (before it, with ``stale_moves``, they may)."""
+    order. Nobody else touches the object asked for."""
     n = rng.randint(options.min_sentences, options.max_sentences)
     people = rng.sample(NAMES[: options.n_names], options.n_people)
-    places = PLACES[: options.n_places]
-    holder, others = people[0], people[1:]
     thing = rng.choice(OBJECTS)
-    other_things = [o for o in OBJECTS if o != thing]
     support, pickup = rng.sample(range(n), 2)
+    fixed = {pickup: f"{people[0]} picked up the {thing}."}
+    sentences, answer, answer_start = _latest_move(rng, options, n, people, support, fixed,
+                                                   [o for o in OBJECTS if o != thing])
+    return _row(sentences, rng.choice(OBJECT_QUESTIONS).format(thing=thing), answer, answer_start, n - 1 - support)
 
+
+def _latest_move(rng: random.Random, options: StoryOptions, n: int, people: list[str], support: int,
+                 fixed: dict[int, str], things: list[str]) -> tuple[list[str], str, int]:
+    """``n`` sentences in which ``people[0]`` moves for the last time at ``support``; ``fixed``
+    sentences go at their index, the rest are moves and object sentences (``things``) of others.
+    Returns the sentences, the place of that last move and its character offset."""
+    places = PLACES[: options.n_places]
+    target, others = people[0], people[1:]
     sentences: list[str] = []
-    answer = ""
+    answer, answer_start = "", 0
     for i in range(n):
         if i == support:
-            sentence, answer = _move(rng, holder, places)
+            sentence, answer = _move(rng, target, places)
             answer_start = _offset(sentences) + sentence.rindex(answer)
-        elif i == pickup:
-            sentence = f"{holder} picked up the {thing}."
+        elif i in fixed:
+            sentence = fixed[i]
         else:
-            movers = others + [holder] if (i < support and options.stale_moves) else others
-            sentence = _filler(rng, rng.choice(movers), places, options, other_things)
+            # After the supporting fact the target must not move again; before it, it may.
+            movers = others + [target] if (i < support and options.stale_moves) else others
+            sentence = _filler(rng, rng.choice(movers), places, options, things)
         sentences.append(sentence)
-    return _row(sentences, rng.choice(OBJECT_QUESTIONS).format(thing=thing), answer, answer_start, n - 1 - support)
+    return sentences, answer, answer_start
 
 
 def _twice_story(rng: random.Random, options: StoryOptions) -> dict:
