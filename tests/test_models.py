@@ -109,6 +109,30 @@ def test_rnn_contains_no_attention(host, kind):
     assert not [m for m in model.modules() if isinstance(m, Attention) or "attention" in type(m).__name__.lower()]
 
 
+def token_std(model) -> float:
+    table = model.encoder.embed.tokens.weight.detach()[1:]  # row 0 is padding, kept at zero
+    return float(table.std())
+
+
+def test_embedding_init_sets_the_scale_of_untied_token_tables(host):
+    vaswani = DIMS.d_model ** -0.5
+    for kind in ("classification", "span"):
+        _, default = build(host, "transformer", {}, kind)
+        _, gpt2 = build(host, "transformer", {"embedding_init": "gpt2"}, kind)
+        _, unit = build(host, "transformer", {"embedding_init": "vaswani"}, kind)
+        assert all(torch.equal(a, b) for a, b in zip(default.parameters(), gpt2.parameters()))  # default unchanged
+        assert token_std(gpt2) == pytest.approx(0.02, rel=0.1)
+        assert token_std(unit) == pytest.approx(vaswani, rel=0.1)
+        scaled = unit.encoder.embed.tokens.weight.detach()[1:] * unit.encoder.embed.token_scale
+        assert float(scaled.std()) == pytest.approx(1.0, rel=0.1)  # the sinusoids' scale
+    _, span = build(host, "transformer", {"embedding_init": "vaswani"}, "span")
+    assert float(span.question_match.vector.detach().std()) == pytest.approx(vaswani, rel=0.35)  # 32 values
+    # seq2seq ties its table to the output layer, whose init wins: the option changes nothing there
+    _, tied_gpt2 = build(host, "transformer", {}, "seq2seq")
+    _, tied_unit = build(host, "transformer", {"embedding_init": "vaswani"}, "seq2seq")
+    assert all(torch.equal(a, b) for a, b in zip(tied_gpt2.parameters(), tied_unit.parameters()))
+
+
 def test_transformer_builds_every_slot_from_the_chosen_attention(host):
     _, model = build(host, "transformer", {}, "seq2seq")
     attention = [m for m in model.modules() if isinstance(m, Attention)]

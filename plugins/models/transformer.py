@@ -39,6 +39,11 @@ class TransformerOptions(BaseModel):
     # few hundred steps; separate learned tables for encoder and decoder take far longer.
     positions: Literal["sinusoidal", "learned"] = "sinusoidal"
     question_match: bool = Field(True, description="span models: mark context tokens that occur in the question (span_head.py)")
+    # gpt2: N(0, 0.02), which with sinusoids (x sqrt(d_model)) leaves token content ~6x smaller than
+    # the position codes at d_model 64, so attention by content (same token elsewhere) is learned late;
+    # vaswani: N(0, d_model^-0.5), unit scale after the sqrt(d_model) factor, as the LSTM's embeddings.
+    embedding_init: Literal["gpt2", "vaswani"] = Field(
+        "gpt2", description="token embedding init: gpt2 N(0, 0.02) or vaswani N(0, d_model^-0.5) (docs/models.md)")
     pooling: Literal["mean", "max", "first"] = Field(
         "mean", description="classification: how the encoder outputs become one vector (docs/tasks.md, sentiment)")
 
@@ -244,11 +249,12 @@ class TransformerClassifier(nn.Module):
 class TransformerSpanExtractor(nn.Module):
     """Encoder with the question-aware span head (span_head.py): -> (start_logits (B, L), end_logits (B, L))."""
 
-    def __init__(self, encoder: Encoder, d_model: int, sep_id: int | None, question_match: bool):
+    def __init__(self, encoder: Encoder, d_model: int, sep_id: int | None, question_match: bool,
+                 embedding_std: float = 0.02):
         super().__init__()
         self.encoder = encoder
-        # init_std as init_weights' embeddings; scaled like the tokens in forward
-        self.question_match = QuestionMatch(d_model, sep_id, init_std=0.02) if question_match else None
+        # init_std as the token embeddings' (init_weights); scaled like the tokens in forward
+        self.question_match = QuestionMatch(d_model, sep_id, init_std=embedding_std) if question_match else None
         self.span_head = SpanHead(d_model, sep_id)
 
     def forward(self, tokens, padding_mask):
@@ -403,7 +409,7 @@ class TransformerFamily(ModelFamily):
                                           self.options.pooling)
         elif io.kind == "span":
             model = TransformerSpanExtractor(self._encoder(io, dims, host, src_tokens, d_ff), d, io.extra.get("sep_id"),
-                                             self.options.question_match)
+                                             self.options.question_match, self._embedding_std(d))
         elif io.kind == "seq2seq":
             encoder = self._encoder(io, dims, host, src_tokens, d_ff)
             tgt_vocab = io.tgt_vocab_size or io.vocab_size
@@ -416,12 +422,16 @@ class TransformerFamily(ModelFamily):
             blocks = [EncoderBlock(self._attention("decoder_self", dims, host, causal=True), d, d_ff, dims.dropout, causal=True)
                       for _ in range(dims.n_layers)]
             model = TransformerLM(self._embedder(src_tokens, io.max_len, dims), blocks, d, io.vocab_size)
-        init_weights(model)
+        init_weights(model, embedding_std=self._embedding_std(d))
         return model
 
+    def _embedding_std(self, d_model: int) -> float:
+        return d_model ** -0.5 if self.options.embedding_init == "vaswani" else 0.02
 
-def init_weights(model: nn.Module) -> None:
+
+def init_weights(model: nn.Module, embedding_std: float = 0.02) -> None:
     """Small normal init for linear and embedding weights (GPT-2 style); keeps tiny models stable.
+    ``embedding_std``: the std of the embedding tables (``embedding_init``).
 
     Attention plugins keep their own initialisation: it may be part of the variant."""
     inside_attention = {id(sub) for module in model.modules() if isinstance(module, Attention)
@@ -434,7 +444,7 @@ def init_weights(model: nn.Module) -> None:
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=0.02)
+            nn.init.normal_(module.weight, std=embedding_std)
             if module.padding_idx is not None:
                 with torch.no_grad():
                     module.weight[module.padding_idx].zero_()
