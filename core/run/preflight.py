@@ -78,16 +78,14 @@ def preflight(specs: list[RunSpec], host: PluginHost, *, device: str | None = No
         try:
             tasks[spec.task] = task_cls(spec.task_options, cache_dir=cache_dir())
             ios[spec.task] = tasks[spec.task].prepare()
+            if spec.train.group_by_length and tasks[spec.task].example_lengths("train") is None:
+                problems.append(Problem("train.group_by_length", f"task {spec.task!r} does not report the lengths of "
+                                        f"its examples (its plugin has no Task.example_lengths); set it to false"))
         except BadInputError as exc:
             problems.append(Problem("", str(exc)))
         except Exception as exc:  # a plugin's own error while reading data is still about the data
             problems.append(Problem(f"tasks.{spec.task}", f"loading the data failed: {type(exc).__name__}: "
                                                           f"{short_repr(str(exc), 200)[1:-1]}"))
-
-    for spec in _unique(specs, lambda s: s.task):
-        if spec.task in tasks and spec.train.group_by_length and tasks[spec.task].example_lengths("train") is None:
-            problems.append(Problem("train.group_by_length", f"task {spec.task!r} does not report the lengths of its "
-                                    f"examples (its plugin has no Task.example_lengths); set it to false"))
 
     for spec in _unique(specs, lambda s: (s.task, s.model_label)):
         if spec.task not in ios:
