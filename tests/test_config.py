@@ -100,6 +100,42 @@ def test_unknown_task_option_is_reported(tmp_path, host):
         expand_grid(load_experiment(write_grid(tmp_path / "g.yaml", GRID), ["tasks.toy.n_trian=5"])[0], host)
 
 
+TWO_TASKS = GRID.replace("task: [toy]", "task: [toy, toy_failing]").replace(
+    "  toy: {n_train: 32}", "  toy: {n_train: 32}\n  toy_failing: {n_train: 32, fail_at: never}")
+
+
+def test_a_task_can_have_its_own_training_budget(tmp_path, host):
+    path = write_grid(tmp_path / "g.yaml", TWO_TASKS)
+    base = expand_grid(load_experiment(path)[0], host)
+    own = expand_grid(load_experiment(path, ["tasks.toy_failing.train.epochs=3",
+                                             "tasks.toy_failing.train.group_by_length=true"])[0], host)
+    for before, after in zip(base, own):
+        if after.task == "toy":  # the other task keeps the grid's train, and its runs' keys
+            assert after.train == before.train and after.run_key == before.run_key
+        else:
+            assert (after.train.epochs, after.train.group_by_length, after.train.lr) == (3, True, 1e-3)
+            assert after.run_key != before.run_key
+            assert after.params()["train.epochs"] == "3"
+    assert own[-1].task_options.fail_at == "never"  # `train` is not passed on as a task option
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("tasks.toy.train.threads=2", "tasks.toy.train.threads: set for the whole grid only (train.threads)"),
+    ("tasks.toy.train.device=cpu", "tasks.toy.train.device: set for the whole grid only"),
+    ("tasks.toy.train.epoch=2", "tasks.toy.train.epoch: unknown field; valid: epochs,"),
+    ("tasks.toy.train.epochs=0", "tasks.toy.train.epochs: "),
+    ("tasks.toy.train=6", "tasks.toy.train: expected a mapping of train fields"),
+    ("tasks.toy.trian.epochs=2", "tasks.toy.trian: unknown field; valid: "),
+])
+def test_bad_task_training_budget_names_the_field(tmp_path, host, override, expected):
+    path = write_grid(tmp_path / "g.yaml", GRID)
+    with pytest.raises(BadInputError) as info:
+        expand_grid(load_experiment(path, [override])[0], host)
+    assert expected in str(info.value)
+    if "trian" in override:
+        assert str(info.value).rstrip().endswith(", train")
+
+
 def test_override_parses_yaml_values():
     data = {"train": {"max_steps": None}, "grid": {"task": ["a"]}}
     apply_override(data, "train.max_steps=20")
@@ -115,6 +151,14 @@ def test_cli_dry_run_lists_runs_and_trains_nothing(workdir):
     assert result.exit_code == 0, result.output
     assert "4 runs" in result.output and "toy/multihead/s1" in result.output
     assert not (workdir / "mlflow.db").exists()
+
+
+def test_cli_dry_run_shows_a_tasks_own_budget(workdir):
+    write_grid(workdir / "g.yaml", TWO_TASKS)
+    result = CliRunner().invoke(app, ["run", "g.yaml", "--dry-run", "--plugin", "attnbench_test_plugins",
+                                      "--set", "tasks.toy_failing.train.epochs=5"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "every run: epochs=1" in result.output and "toy_failing: epochs=5" in result.output
 
 
 @pytest.mark.parametrize("content, args, expected", [

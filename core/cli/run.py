@@ -150,9 +150,14 @@ def _grid_text(grid_file: Path, raw: dict, overrides: list[str]) -> str:
 def _print_dry_run(experiment, plan, checked) -> None:
     specs = plan.specs
     train = experiment.train
+    caption = f"every run: epochs={train.epochs} max_steps={train.max_steps} batch_size={train.batch_size} lr={train.lr}"
+    for task in dict.fromkeys(spec.task for spec in specs):
+        own = next(spec.train for spec in specs if spec.task == task)
+        changed = {k: v for k, v in own.model_dump().items() if v != getattr(train, k)}
+        if changed:
+            caption += f"; {task}: " + " ".join(f"{k}={v}" for k, v in changed.items())
     table = Table(title=f"{experiment.name}: {len(specs)} runs (dry run, nothing trained)", title_justify="left",
-                  caption=f"every run: epochs={train.epochs} max_steps={train.max_steps} batch_size={train.batch_size} "
-                          f"lr={train.lr}", caption_justify="left")
+                  caption=caption, caption_justify="left")
     for col in ("#", "run name", "parameters", "run_key"):
         table.add_column(col, no_wrap=True)
     for i, spec in enumerate(specs, 1):

@@ -14,6 +14,7 @@ Shape (README "Grid files")::
     train: {epochs: 3, batch_size: 32, lr: 1.0e-3, max_steps: null}
     tasks:
       sentiment: {data: {source: synthetic, n_train: 2000}}
+      translation: {train: {group_by_length: true}}   # this task's pairings only
 """
 
 from __future__ import annotations
@@ -105,6 +106,27 @@ class TrainConfig(BaseModel):
     save_checkpoint: bool = True
     threads: int | None = Field(
         None, ge=1, description="CPU threads for torch (default: torch's choice); 1 is often fastest for tiny models")
+
+
+# ``tasks.<name>.train`` overrides ``train`` for that task's pairings (a task's own budget);
+# these settings belong to the process that trains, so they are set for the whole grid only.
+TASK_TRAIN_KEY = "train"
+GRID_WIDE_TRAIN = ("device", "threads")
+
+
+def task_train(grid_train: TrainConfig, raw: Any, where: str) -> TrainConfig:
+    """The grid's ``train`` with one task's ``tasks.<name>.train`` fields laid over it."""
+    if raw is None:
+        return grid_train
+    if not isinstance(raw, dict):
+        raise OptionsError([Problem(where, f"expected a mapping of train fields (e.g. {{epochs: 6}}), "
+                                           f"got {short_repr(raw)}")])
+    problems = [Problem(join_path(where, key), f"set for the whole grid only (train.{key}): it applies to "
+                                              "the process that trains, not to one task")
+                for key in GRID_WIDE_TRAIN if key in raw]
+    if problems:
+        raise OptionsError(problems)
+    return parse_options(TrainConfig, grid_train.model_dump() | raw, where)
 
 
 class ExperimentFile(BaseModel):
@@ -298,16 +320,23 @@ def plan_grid(experiment: ExperimentFile, host: PluginHost, source: str = "exper
     dims_keys = list(ModelDims.model_fields)
 
     tasks: dict[str, tuple[type, BaseModel]] = {}
+    task_trains: dict[str, TrainConfig] = {}
     for i, task_name in enumerate(experiment.grid.task):
         where = join_path("grid.task", i)
         if task_name not in host.task:
             problems.append(Problem(where, _unknown(host, "task", task_name)))
             continue
         task_cls = host.task.get(task_name).factory
+        task_raw = dict(experiment.tasks.get(task_name) or {})
+        train_raw = task_raw.pop(TASK_TRAIN_KEY, None)
         try:
-            tasks[task_name] = (task_cls, task_cls.parse_options(experiment.tasks.get(task_name), f"tasks.{task_name}"))
+            task_trains[task_name] = task_train(experiment.train, train_raw, f"tasks.{task_name}.{TASK_TRAIN_KEY}")
         except OptionsError as exc:
             problems.extend(exc.problems)
+        try:
+            tasks[task_name] = (task_cls, task_cls.parse_options(task_raw or None, f"tasks.{task_name}"))
+        except OptionsError as exc:
+            problems.extend(_also_valid_train(p, f"tasks.{task_name}") for p in exc.problems)
         except BadInputError as exc:
             problems.append(Problem(f"tasks.{task_name}", str(exc)))
     for name in experiment.tasks:
@@ -376,7 +405,7 @@ def plan_grid(experiment: ExperimentFile, host: PluginHost, source: str = "exper
             plan.specs.append(RunSpec(
                 grid_name=experiment.name, task=task_name, task_options=tasks[task_name][1],
                 family=family_name, family_options=options, model_label=label, dims=dims,
-                train=experiment.train, seed=seed, evaluate_with=experiment.evaluate_with,
+                train=task_trains[task_name], seed=seed, evaluate_with=experiment.evaluate_with,
                 short_label=shorts[label],
             ))
     _refuse_duplicate_runs(plan.specs, source)
@@ -384,6 +413,14 @@ def plan_grid(experiment: ExperimentFile, host: PluginHost, source: str = "exper
         raise BadInputError(f"{source}: nothing to run: every pairing is skipped ("
                             + "; ".join(f"{s.task}/{s.model_label}: {s.reason}" for s in plan.skipped[:3]) + ")")
     return plan
+
+
+def _also_valid_train(problem: Problem, where: str) -> Problem:
+    """A task's own options do not know ``train`` (the runner strips it); say it is valid too."""
+    prefix = "unknown field; valid: "
+    if problem.path.rsplit(".", 1)[0] == where and problem.message.startswith(prefix):
+        return Problem(problem.path, f"{problem.message}, {TASK_TRAIN_KEY}")
+    return problem
 
 
 def _unknown(host: PluginHost, kind: str, name) -> str:
