@@ -125,8 +125,8 @@ def describe(exc: ValidationError, model_cls: type[BaseModel], where: str = "", 
                                          else "; nothing is valid here (it takes no options)")
         elif kind == "missing":
             message = "required field missing"
-        else:
-            message = f"{err['msg']} (got {short_repr(err.get('input'))})"
+        else:  # pydantic prefixes a validator's own words with "Value error, ": they speak for themselves
+            message = f"{err['msg'].removeprefix('Value error, ')} (got {short_repr(err.get('input'))})"
         problems.append(Problem(path, message))
     return problems
 

@@ -225,8 +225,9 @@ def test_bad_store_exits_2(workdir, uri, fragment):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--workers", "0"], "--workers 0: must be 1 or more"),
-    (["--workers", "-3"], "--workers -3: must be 1 or more"),
+    (["--workers", "0"], "--workers '0': valid: a number of 1 or more, or auto"),
+    (["--workers", "-3"], "--workers '-3': valid: a number of 1 or more, or auto"),
+    (["--set", "execution.workers=many"], "execution.workers: valid: a number of 1 or more, or auto (one per CPU core) (got 'many')"),
     (["--executor", "dask"], "--executor 'dask': valid: local, ray"),
     (["--lease", "0"], "--lease 0.0: must be a positive"),
     (["--set", "execution.heartbeat_s=600", "--lease", "60"], "heartbeat_s (600.0) must be shorter than lease_s"),
@@ -256,11 +257,30 @@ def test_more_workers_than_cores_warns(monkeypatch, capsys):
     from attnbench.cli import run as run_cli
     from attnbench.config.execution import ExecutionConfig
 
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr("attnbench.config.execution.usable_cores", lambda: 2)
     run_cli._check_execution(ExecutionConfig(workers=3))
     assert "3 workers on 2 CPU cores" in capsys.readouterr().err
     run_cli._check_execution(ExecutionConfig(workers=2))
     assert capsys.readouterr().err == ""
+
+
+def test_workers_auto_is_one_per_usable_core(monkeypatch):
+    from attnbench.config.execution import ExecutionConfig
+
+    monkeypatch.setattr("attnbench.config.execution.usable_cores", lambda: 3)
+    assert ExecutionConfig(workers="auto").workers == 3
+    assert ExecutionConfig(workers="2").workers == 2 and ExecutionConfig().workers == 1
+
+
+def test_no_more_workers_than_pairings_left_one_trains_in_this_process(workdir, tracking_uri):
+    import os
+
+    one_pairing = GRID.replace("    - {family: transformer, attention: multihead}\n", "")
+    result = invoke(workdir, tracking_uri, "--workers", "4", grid=one_pairing)
+    assert result.exit_code == 0, result.output
+    _, _, (child,) = runs_of(tracking_uri)
+    assert child.info.status == "FINISHED"
+    assert child.data.tags[Tag.OWNER].endswith(f":{os.getpid()}")  # no worker process was started for it
 
 
 # ---------------------------------------------------------------- the store lock

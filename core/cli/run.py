@@ -24,7 +24,8 @@ def run(
     verbose: bool = VERBOSE_OPTION,
     max_memory_gib: float = typer.Option(8.0, "--max-memory-gib", metavar="GIB",
                                          help="Refuse models whose training state is estimated above this (0: no limit)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Pairings trained at once (default: execution.workers, 1)."),
+    workers: Optional[str] = typer.Option(None, "--workers", metavar="N|auto",
+                                          help="Pairings trained at once; auto: one per CPU core (default: execution.workers, 1)."),
     executor: Optional[str] = typer.Option(None, "--executor", help="local (worker processes) or ray (default: execution.executor, local)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="An existing Ray cluster, host:port (default: a local Ray)."),
     lease: Optional[float] = typer.Option(None, "--lease", help="Seconds without a heartbeat after which a RUNNING run counts as dead (default 300)."),
@@ -116,8 +117,8 @@ def closing_hint(grid_file: Path, tracking_uri: str | None, tracking) -> str:
 
 def _execution_overrides(workers, executor, ray_address, lease) -> list[str]:
     """The execution flags as ``--set execution.*`` assignments: one validation path for both."""
-    if workers is not None and workers < 1:
-        raise BadInputError(f"--workers {workers}: must be 1 or more")
+    if workers is not None and workers != "auto" and not (workers.isdigit() and int(workers) >= 1):
+        raise BadInputError(f"--workers {workers!r}: valid: a number of 1 or more, or auto (one per CPU core)")
     if executor not in (None, "local", "ray"):
         raise BadInputError(f"--executor {executor!r}: valid: local, ray")
     if lease is not None and lease <= 0:
@@ -128,14 +129,14 @@ def _execution_overrides(workers, executor, ray_address, lease) -> list[str]:
 
 def _check_execution(execution) -> None:
     """Before any work: Ray present and reachable; a warning when workers outnumber the cores."""
-    import os
+    from ..config.execution import usable_cores
 
     if execution.executor == "ray":
         from ..run.executors import check_ray
 
         check_ray(execution.ray_address)
-    elif execution.workers > (os.cpu_count() or 1):
-        err_console.print(f"[yellow]warning: {execution.workers} workers on {os.cpu_count()} CPU cores: they will "
+    elif execution.workers > usable_cores():
+        err_console.print(f"[yellow]warning: {execution.workers} workers on {usable_cores()} CPU cores: they will "
                           "compete for the cores and each pairing takes longer[/yellow]")
 
 

@@ -6,14 +6,24 @@ None of these settings changes a result, so none of them is part of a pairing's 
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 class ExecutionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    workers: int = Field(1, ge=1, description="pairings trained at once (local processes, or Ray tasks in flight)")
+    workers: int = Field(1, ge=1, description="pairings trained at once (local processes, or Ray tasks in flight); "
+                                              "auto: one per CPU core this process may use")
     executor: Literal["local", "ray"] = Field("local", description="local: worker processes on this machine; ray: Ray tasks")
     ray_address: str | None = Field(None, description="an existing Ray cluster (host:port or ray://host:port); default: a local ray.init()")
     lease_s: float = Field(300.0, gt=0, description="a RUNNING run whose heartbeat is older than this is stale (its worker died)")
@@ -21,6 +31,16 @@ class ExecutionConfig(BaseModel):
     settle_s: float = Field(1.0, ge=0, description="how long a new claim waits before checking for a rival claim")
     provenance_in_run_key: bool = Field(
         True, description="put the providing plugins' distribution, version and source hash into the run_key")
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _auto_workers(cls, value):
+        # resolved here, once, so everything downstream sees a number (results never depend on it)
+        if value == "auto":
+            return usable_cores()
+        if isinstance(value, str) and not value.strip().isdigit():
+            raise ValueError("valid: a number of 1 or more, or auto (one per CPU core)")
+        return value
 
     @model_validator(mode="after")
     def _heartbeat_inside_lease(self):

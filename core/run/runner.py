@@ -103,7 +103,7 @@ class GridRunner:
                 self.display = display
                 todo = self._skip_finished()
                 if todo:
-                    executor = self._executor(heartbeat)
+                    executor = self._executor(heartbeat, slots=min(lease.workers, len(todo)))
                     self._drive(executor, todo)
                     executor.stop()
                     executor = None
@@ -184,7 +184,8 @@ class GridRunner:
         if result.status != "SKIPPED":
             self._report(outcome, len(self.outcomes))
 
-    def _executor(self, heartbeat):
+    def _executor(self, heartbeat, slots: int):
+        """What trains the pairings: ``slots`` at once (no more workers than pairings left to train)."""
         from .executors import InProcessExecutor, LocalPoolExecutor, RayExecutor
 
         execution = self.execution
@@ -198,12 +199,12 @@ class GridRunner:
         if execution.executor == "ray":
             use_gpu = (self.device_override or self.specs[0].train.device) == "cuda" or _cuda_visible()
             job.threads = self.specs[0].train.threads or 1
-            return RayExecutor(job, on_event, execution.workers, execution.ray_address, use_gpu)
-        if execution.workers == 1:
+            return RayExecutor(job, on_event, slots, execution.ray_address, use_gpu)
+        if slots == 1:
             worker = Worker(job, host=self.host, specs=self.specs, heartbeat=heartbeat)
             return InProcessExecutor(worker, on_event)
-        job.threads = self.specs[0].train.threads or default_threads(execution.workers)
-        return LocalPoolExecutor(job, on_event, execution.workers)
+        job.threads = self.specs[0].train.threads or default_threads(slots)
+        return LocalPoolExecutor(job, on_event, slots)
 
     def _abort(self, executor, exc: BaseException) -> None:
         """Every exit that is not a normal end: stop the workers, close what is still open."""

@@ -8,12 +8,11 @@ otherwise record its results under the submitter's key.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ExperimentFile, RunSpec, expand_grid
-from ..config.execution import ExecutionConfig
+from ..config.execution import ExecutionConfig, usable_cores
 from . import claims
 from .claims import Heartbeat
 from .pairing import PairingTrainer, Report
@@ -118,4 +117,4 @@ def worker_for(job: GridJob) -> Worker:
 
 def default_threads(workers: int) -> int:
     """Torch threads per worker when the grid sets none: the cores shared out, at least one."""
-    return max(1, (os.cpu_count() or 1) // workers)
+    return max(1, usable_cores() // workers)
