@@ -190,3 +190,24 @@ def test_piped_output_is_line_based_and_ctrl_c_on_the_pipeline_closes_the_runs(s
     assert re.search(r"^start toy/gru/s0 \(run [0-9a-f]{8}\)$", log, re.M)
     assert re.search(r"^\[1/4\] toy/gru/s0: finished accuracy", log, re.M)
     assert "\r" not in log and "━" not in log  # lines, not a redrawn bar
+
+
+def test_a_signal_landing_in_a_weakref_callback_still_interrupts(capsys):
+    # what an import's module-lock callback does when SIGTERM arrives during it (seen in CI)
+    import weakref
+
+    from attnbench.run.interrupts import Interrupted, interrupts_raise
+
+    class Thing:
+        pass
+
+    with pytest.raises(Interrupted) as info:
+        with interrupts_raise():
+            thing = Thing()
+            ref = weakref.ref(thing, lambda _: signal.raise_signal(signal.SIGTERM))  # the handler runs in here
+            del thing
+            for _ in range(500):  # ordinary code, where the re-sent signal lands
+                time.sleep(0.01)
+    assert info.value.signum == signal.SIGTERM and ref() is None
+    assert "Traceback" not in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))

@@ -9,9 +9,13 @@ signals are ignored while the runs are being closed, so cleanup is not itself in
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
+import threading
 
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+REDELIVER_AFTER_S = 0.1
 
 
 class Interrupted(KeyboardInterrupt):
@@ -42,6 +46,22 @@ def install() -> None:
         fired.append(signum)
         raise Interrupted(signum)
 
+    previous_hook = sys.unraisablehook
+
+    def redeliver(info) -> None:
+        # A signal that lands while a weakref or GC callback runs (an import's module lock, say)
+        # raises there, and Python only prints what such a callback raises: the interrupt would
+        # be lost and a traceback shown. Send the signal again a moment later, from a timer
+        # thread: sent at once it would be handled inside this hook and swallowed again.
+        if isinstance(info.exc_value, Interrupted) and fired:
+            fired.clear()
+            resend = threading.Timer(REDELIVER_AFTER_S, os.kill, args=(os.getpid(), info.exc_value.signum))
+            resend.daemon = True
+            resend.start()
+            return
+        previous_hook(info)
+
+    sys.unraisablehook = redeliver
     for signum in HANDLED:
         signal.signal(signum, handler)
 
@@ -49,10 +69,11 @@ def install() -> None:
 @contextlib.contextmanager
 def interrupts_raise():
     """``install()`` for the duration of the block, restoring the previous handlers after it."""
-    previous = {signum: signal.getsignal(signum) for signum in HANDLED}
+    previous, previous_hook = {signum: signal.getsignal(signum) for signum in HANDLED}, sys.unraisablehook
     install()
     try:
         yield
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
+        sys.unraisablehook = previous_hook
