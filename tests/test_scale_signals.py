@@ -211,3 +211,13 @@ def test_a_signal_landing_in_a_weakref_callback_still_interrupts(capsys):
     assert info.value.signum == signal.SIGTERM and ref() is None
     assert "Traceback" not in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+
+
+def test_no_signal_interrupts_the_closing_of_runs():
+    from attnbench.run import interrupts
+
+    with interrupts.interrupts_raise():
+        interrupts.closing()  # what the runner's exit path says before it closes runs
+        signal.raise_signal(signal.SIGINT)  # would raise Interrupted here before
+        time.sleep(0.01)
+    assert not interrupts._closing  # the next grid in this process starts afresh

@@ -36,12 +36,20 @@ def exit_code_of(exc: KeyboardInterrupt) -> int:
     return exc.exit_code if isinstance(exc, Interrupted) else 128 + signal.SIGINT
 
 
+_closing: list[bool] = []  # set once an exit path starts closing runs: no signal may cut it short
+
+
+def closing() -> None:
+    """From now on (in this process) signals neither raise nor are re-sent: runs are being closed."""
+    _closing.append(True)
+
+
 def install() -> None:
     """Make the handled signals raise :class:`Interrupted` in the main thread (once)."""
     fired = []
 
     def handler(signum, frame):
-        if fired:
+        if fired or _closing:
             return
         fired.append(signum)
         raise Interrupted(signum)
@@ -55,7 +63,7 @@ def install() -> None:
         # thread: sent at once it would be handled inside this hook and swallowed again.
         if isinstance(info.exc_value, Interrupted) and fired:
             fired.clear()
-            resend = threading.Timer(REDELIVER_AFTER_S, os.kill, args=(os.getpid(), info.exc_value.signum))
+            resend = threading.Timer(REDELIVER_AFTER_S, _resend, args=(info.exc_value.signum,))
             resend.daemon = True
             resend.start()
             return
@@ -64,6 +72,11 @@ def install() -> None:
     sys.unraisablehook = redeliver
     for signum in HANDLED:
         signal.signal(signum, handler)
+
+
+def _resend(signum: int) -> None:
+    if not _closing:
+        os.kill(os.getpid(), signum)
 
 
 @contextlib.contextmanager
@@ -77,3 +90,4 @@ def interrupts_raise():
         for signum, old in previous.items():
             signal.signal(signum, old)
         sys.unraisablehook = previous_hook
+        _closing.clear()

@@ -23,7 +23,7 @@ from rich.table import Table
 from ..config import ExperimentFile, RunSpec
 from ..config.execution import ExecutionConfig
 from ..plugin_host import PluginHost
-from . import claims, record
+from . import claims, interrupts, record
 from .display import make_display
 from .pairing import PairingOutcome
 from .record import PERF, Tag
@@ -208,6 +208,7 @@ class GridRunner:
 
     def _abort(self, executor, exc: BaseException) -> None:
         """Every exit that is not a normal end: stop the workers, close what is still open."""
+        interrupts.closing()
         interrupted = isinstance(exc, KeyboardInterrupt)
         status = "KILLED" if interrupted else "FAILED"
         try:
