@@ -117,8 +117,10 @@ def closing_hint(grid_file: Path, tracking_uri: str | None, tracking) -> str:
 
 def _execution_overrides(workers, executor, ray_address, lease) -> list[str]:
     """The execution flags as ``--set execution.*`` assignments: one validation path for both."""
+    from ..config.execution import WORKERS_VALID
+
     if workers is not None and workers != "auto" and not (workers.isdigit() and int(workers) >= 1):
-        raise BadInputError(f"--workers {workers!r}: valid: a number of 1 or more, or auto (one per CPU core)")
+        raise BadInputError(f"--workers {workers!r}: valid: {WORKERS_VALID}")
     if executor not in (None, "local", "ray"):
         raise BadInputError(f"--executor {executor!r}: valid: local, ray")
     if lease is not None and lease <= 0:

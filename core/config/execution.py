@@ -12,6 +12,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+# what --workers and execution.workers accept, in the words both error messages use
+WORKERS_VALID = "a number of 1 or more, or auto (one per CPU core)"
+
+
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one)."""
     try:
@@ -39,7 +43,7 @@ class ExecutionConfig(BaseModel):
         if value == "auto":
             return usable_cores()
         if isinstance(value, str) and not value.strip().isdigit():
-            raise ValueError("valid: a number of 1 or more, or auto (one per CPU core)")
+            raise ValueError(f"valid: {WORKERS_VALID}")
         return value
 
     @model_validator(mode="after")
