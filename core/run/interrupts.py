@@ -36,12 +36,13 @@ def exit_code_of(exc: KeyboardInterrupt) -> int:
     return exc.exit_code if isinstance(exc, Interrupted) else 128 + signal.SIGINT
 
 
-_closing: list[bool] = []  # set once an exit path starts closing runs: no signal may cut it short
+_closing = False  # set once an exit path starts closing runs: no signal may cut it short
 
 
 def closing() -> None:
     """From now on (in this process) signals neither raise nor are re-sent: runs are being closed."""
-    _closing.append(True)
+    global _closing
+    _closing = True
 
 
 def install() -> None:
@@ -82,6 +83,7 @@ def _resend(signum: int) -> None:
 @contextlib.contextmanager
 def interrupts_raise():
     """``install()`` for the duration of the block, restoring the previous handlers after it."""
+    global _closing
     previous, previous_hook = {signum: signal.getsignal(signum) for signum in HANDLED}, sys.unraisablehook
     install()
     try:
@@ -90,4 +92,4 @@ def interrupts_raise():
         for signum, old in previous.items():
             signal.signal(signum, old)
         sys.unraisablehook = previous_hook
-        _closing.clear()
+        _closing = False
