@@ -334,9 +334,11 @@ def plan_grid(experiment: ExperimentFile, host: PluginHost, source: str = "exper
         except OptionsError as exc:
             problems.extend(exc.problems)
         try:
-            tasks[task_name] = (task_cls, task_cls.parse_options(task_raw or None, f"tasks.{task_name}"))
+            # as for model entries below: the task's Options, plus the key stripped above
+            options = parse_options(task_cls.Options, task_raw or None, f"tasks.{task_name}", also_valid=[TASK_TRAIN_KEY])
+            tasks[task_name] = (task_cls, options)
         except OptionsError as exc:
-            problems.extend(_also_valid_train(p, f"tasks.{task_name}") for p in exc.problems)
+            problems.extend(exc.problems)
         except BadInputError as exc:
             problems.append(Problem(f"tasks.{task_name}", str(exc)))
     for name in experiment.tasks:
@@ -413,14 +415,6 @@ def plan_grid(experiment: ExperimentFile, host: PluginHost, source: str = "exper
         raise BadInputError(f"{source}: nothing to run: every pairing is skipped ("
                             + "; ".join(f"{s.task}/{s.model_label}: {s.reason}" for s in plan.skipped[:3]) + ")")
     return plan
-
-
-def _also_valid_train(problem: Problem, where: str) -> Problem:
-    """A task's own options do not know ``train`` (the runner strips it); say it is valid too."""
-    prefix = "unknown field; valid: "
-    if problem.path.rsplit(".", 1)[0] == where and problem.message.startswith(prefix):
-        return Problem(problem.path, f"{problem.message}, {TASK_TRAIN_KEY}")
-    return problem
 
 
 def _unknown(host: PluginHost, kind: str, name) -> str:
