@@ -13,9 +13,10 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (the plugin API modules: attention, models, tasks, phases)
 _LAZY = {
-    "Attention": "attention", "NoOptions": "attention", "capture_attention_maps": "attention",
+    "Attention": "attention", "AttentionMaps": "attention", "NoOptions": "attention",
+    "capture_attention_maps": "attention",
     "ModelDims": "models", "ModelFamily": "models", "TaskIO": "models",
-    "Batch": "tasks", "Evaluation": "tasks", "Task": "tasks", "SplitTask": "tasks", "SplitSizes": "tasks",
+    "Batch": "tasks", "Evaluation": "tasks", "ExampleTokens": "tasks", "Task": "tasks", "SplitTask": "tasks", "SplitSizes": "tasks",
     "phase": "phases",
 }
 __all__ = [*sorted(_LAZY), "hookimpl", "__version__"]

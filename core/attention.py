@@ -269,15 +269,35 @@ class KeyValueCache:
         return out
 
 
+class AttentionMaps(list):
+    """What :func:`capture_attention_maps` yields: ``(module name, weights)`` pairs in call
+    order, and in ``roles`` (same order) how each module was called: ``"self"``, ``"causal"``
+    (self-attention under a causal mask: a decoder's) or ``"cross"`` (queries from one
+    sequence, keys from another: a decoder's queries over the encoder's output)."""
+
+    def __init__(self):
+        super().__init__()
+        self.roles: list[str] = []
+
+
+def call_role(args, kwargs) -> str:
+    """``self``, ``causal`` or ``cross``, from the arguments of one :class:`Attention` call."""
+    context = args[1] if len(args) > 1 else kwargs.get("context")
+    if context is not None:
+        return "cross"
+    return "causal" if kwargs.get("causal", False) else "self"
+
+
 @contextlib.contextmanager
 def capture_attention_maps(model: nn.Module):
     """Record the attention map of every :class:`Attention` inside ``model`` during forward.
 
-    Yields a list that fills with ``(module_name, weights)`` in call order. Variants whose
-    ``returns_weights`` is False are skipped. Works without the model's cooperation by
-    forcing ``need_weights=True`` through a forward pre-hook.
+    Yields an :class:`AttentionMaps` list that fills with ``(module_name, weights)`` in call
+    order (and each call's role in ``.roles``). Variants whose ``returns_weights`` is False
+    are skipped. Works without the model's cooperation by forcing ``need_weights=True``
+    through a forward pre-hook.
     """
-    maps: list[tuple[str, torch.Tensor]] = []
+    maps = AttentionMaps()
     handles = []
     for name, module in model.named_modules():
         if not isinstance(module, Attention) or not module.returns_weights:
@@ -292,6 +312,7 @@ def capture_attention_maps(model: nn.Module):
             weights = output[1] if isinstance(output, tuple) else None
             if weights is not None:
                 maps.append((_name, weights.detach().float().cpu()))
+                maps.roles.append(call_role(args, kwargs))
 
         handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(module.register_forward_hook(post, with_kwargs=True))

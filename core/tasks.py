@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Iterator
+from typing import ClassVar, Iterator, NamedTuple
 
 import torch
 from pydantic import BaseModel, Field
@@ -119,9 +119,20 @@ class Task:
         (:func:`attnbench.run.training.evaluate_split`)."""
         raise NotImplementedError
 
-    def attention_examples(self, n: int = 2) -> list[tuple[list[str], Batch]]:
-        """A few fixed examples (tokens, one-example batch) for attention-map pictures."""
+    def attention_examples(self, n: int = 2) -> list[tuple[list[str] | ExampleTokens, Batch]]:
+        """A few fixed examples (tokens, one-example batch) for attention-map pictures.
+
+        Tokens are a list of the input's tokens, or, for tasks whose models decode, an
+        :class:`ExampleTokens` with the decoder's tokens too, so that a decoder's maps are
+        labelled with its own tokens rather than the source's."""
         return []
+
+
+class ExampleTokens(NamedTuple):
+    """The tokens of one attention example of an encoder-decoder task."""
+
+    source: list[str]  # what the encoder reads (its self-attention, cross-attention's keys)
+    target: list[str]  # what the decoder reads, teacher-forced: BOS, y1, ... (its self-attention, cross-attention's queries)
 
 
 SPLITS = ("train", "validation", "test")

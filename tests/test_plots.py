@@ -189,3 +189,30 @@ def test_log_run_pictures_logs_curves_and_attention_maps(tmp_path, migrated_stor
     stored = {f.path for f in client.list_artifacts(run_id, pictures.PICTURES_DIR)}
     assert "pictures/training_curves.png" in stored and "pictures/attention_example0.png" in stored
     assert set(logged) == stored
+
+
+def test_decoder_maps_are_labelled_with_the_decoders_own_tokens(tmp_path):
+    # source tokens label the encoder's axes; the decoder's input (BOS + target) its own axes and
+    # cross-attention's queries, by each map's recorded role, not by matching lengths
+    from attnbench import ExampleTokens
+    from attnbench.models import ModelDims
+    from attnbench.plugin_host import get_host
+
+    torch.manual_seed(0)
+    host = get_host()
+    task_cls, family_cls = host.task.get("reverse").factory, host.model.get("transformer").factory
+    task = task_cls(task_cls.parse_options({"min_len": 5, "max_len": 5, "vocab": 4, "n_train": 8, "n_validation": 4,
+                                            "n_test": 4}, "tasks.reverse"), cache_dir=tmp_path)
+    model = family_cls(family_cls.parse_options({"attention": "multihead"})).build(
+        task.prepare(), ModelDims(d_model=16, n_layers=1, n_heads=2), host)
+    (tokens, batch), = task.attention_examples(1)
+    assert isinstance(tokens, ExampleTokens) and tokens.target[0] == "[BOS]" and tokens.target[1:] == tokens.source[::-1]
+    with torch.no_grad(), capture_attention_maps(model.eval()) as maps:
+        task.loss(model, batch)
+    assert maps.roles == ["self", "causal", "cross"]  # encoder, decoder self, decoder cross (one layer each)
+    fig = pictures.attention_map_figure(maps, tokens)
+    first_panels = fig.get_axes()[::2]  # each row's head 0 carries the row's labels
+    labels = [([t.get_text() for t in ax.get_yticklabels()], [t.get_text() for t in ax.get_xticklabels()])
+              for ax in first_panels]
+    source, target = list(tokens.source), list(tokens.target)
+    assert labels == [(source, source), (target, target), (target, source)]

@@ -151,6 +151,15 @@ def test_references_are_the_raw_target_text(tmp_path):
     assert task.tokenizer.decode(task.targets["test"][0], skip_special_tokens=True) == task.examples["test"][0]["target"]
 
 
+def test_attention_examples_name_the_source_and_the_decoders_input(tmp_path):
+    task = make_task(tmp_path)
+    (tokens, batch), = task.attention_examples(1)
+    src, tgt_in = batch["src"][0], batch["tgt_in"][0]
+    assert tokens.source == [task.tokenizer.id_to_token(int(t)) for t in src]
+    assert tokens.target == [task.tokenizer.id_to_token(int(t)) for t in tgt_in]
+    assert tokens.target[0] == "[BOS]" and tokens.target[-1] != "[EOS]"  # tgt_in: what the decoder reads
+
+
 def test_a_few_training_steps_lower_the_loss(tmp_path):
     task = make_task(tmp_path)
     for family, raw in (("transformer", {}), ("rnn", {}), ("rnn", {"attention": "additive"})):

@@ -56,19 +56,20 @@ def attention_map_figure(maps, tokens, *, title: str | None = None) -> Figure:
     ``maps``: what :func:`attnbench.capture_attention_maps` records (``[(module name,
     (batch, heads, q, k))]``, first example drawn), a list of ``(heads, q, k)`` arrays, or
     one ``(layers, heads, q, k)`` array. ``tokens``: the tokens of a self-attention example,
-    or ``(query_tokens, key_tokens)`` for cross-attention; an axis is labelled only when its
+    ``(query_tokens, key_tokens)`` for cross-attention, or an :class:`~attnbench.tasks.ExampleTokens`
+    (source and decoder tokens), whose axes follow each map's role as recorded by
+    ``capture_attention_maps`` (encoder self-attention: source x source; decoder self-attention:
+    target x target; cross-attention: target x source). An axis is labelled only when its
     length matches the map's.
     """
     layers = _as_layer_maps(maps)
     if not layers:
         raise ValueError("no attention maps to draw (the variant may not return weights)")
-    if isinstance(tokens, tuple) and len(tokens) == 2 and not isinstance(tokens[0], str):
-        q_tokens, k_tokens = list(tokens[0]), list(tokens[1])
-    else:
-        q_tokens = k_tokens = list(tokens)
+    axis_tokens = _axis_tokens(tokens, getattr(maps, "roles", None), len(layers))
     n_heads = max(a.shape[0] for _, a in layers)
-    size = min(2.2 + 0.12 * max(len(k_tokens), 8), MAX_PANEL_INCHES)
-    label_axes = max(len(q_tokens), len(k_tokens)) <= MAX_LABELLED_TOKENS
+    longest = max(max(len(q), len(k)) for q, k in axis_tokens)
+    size = min(2.2 + 0.12 * max(max(len(k) for _, k in axis_tokens), 8), MAX_PANEL_INCHES)
+    label_axes = longest <= MAX_LABELLED_TOKENS
     fig = Figure(figsize=(size * n_heads, size * len(layers)), layout="constrained")
     axes = fig.subplots(len(layers), n_heads, squeeze=False)
     for row, (name, arr) in enumerate(layers):
@@ -80,6 +81,7 @@ def attention_map_figure(maps, tokens, *, title: str | None = None) -> Figure:
             ax.imshow(arr[head], cmap="viridis", vmin=0.0, vmax=max(float(arr[head].max()), 1e-6), aspect="auto")
             ax.set_title(f"{name} · head {head}", fontsize=8)
             q_len, k_len = arr.shape[1], arr.shape[2]
+            q_tokens, k_tokens = axis_tokens[row]
             # every head of a row shares its axes: label the row's first panel only (the
             # text objects, not the images, are what makes these figures slow to save)
             if head > 0:
@@ -93,6 +95,20 @@ def attention_map_figure(maps, tokens, *, title: str | None = None) -> Figure:
     if title:
         fig.suptitle(title)
     return fig
+
+
+def _axis_tokens(tokens, roles, n_layers: int) -> list[tuple[list[str], list[str]]]:
+    """(query tokens, key tokens) for each drawn map."""
+    from ..tasks import ExampleTokens
+
+    if isinstance(tokens, ExampleTokens):
+        source, target = list(tokens.source), list(tokens.target)
+        by_role = {"self": (source, source), "causal": (target, target), "cross": (target, source)}
+        # maps handed over without roles (a plain list): label what matches the source's length
+        return [by_role[role] for role in roles] if roles and len(roles) == n_layers else [(source, source)] * n_layers
+    if isinstance(tokens, tuple) and len(tokens) == 2 and not isinstance(tokens[0], str):
+        return [(list(tokens[0]), list(tokens[1]))] * n_layers
+    return [(list(tokens), list(tokens))] * n_layers
 
 
 def history_points(series) -> tuple[list[float], list[float]]:

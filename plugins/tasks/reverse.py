@@ -30,7 +30,7 @@ import numpy as np
 import torch.nn.functional as F
 from pydantic import ConfigDict, Field, model_validator
 
-from attnbench import Batch, Evaluation, SplitSizes, SplitTask, TaskIO, hookimpl
+from attnbench import Batch, Evaluation, ExampleTokens, SplitSizes, SplitTask, TaskIO, hookimpl
 from attnbench.data import BOS, EOS, PAD, SPECIAL_TOKENS, pad_batch
 from attnbench.tasks import SPLITS
 
@@ -175,7 +175,10 @@ class ReverseTask(SplitTask):
     def attention_examples(self, n: int = 2):
         self.prepare()
         shortest = sorted(range(len(self.examples["test"])), key=lambda i: len(self.examples["test"][i]["source"]))[:n]
-        return [(_text(self.examples["test"][i]["source"]).split(), self.make_batch("test", [i])) for i in shortest]
+        rows = self.examples["test"]
+        # the decoder reads BOS and the target (tgt_in in make_batch)
+        return [(ExampleTokens(_text(rows[i]["source"]).split(), _text([BOS, *rows[i]["target"]]).split()),
+                 self.make_batch("test", [i])) for i in shortest]
 
 
 def _text(ids: list[int]) -> str:

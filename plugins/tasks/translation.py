@@ -19,7 +19,7 @@ import sacrebleu
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from attnbench import Batch, Evaluation, SplitTask, TaskIO, hookimpl
+from attnbench import Batch, Evaluation, ExampleTokens, SplitTask, TaskIO, hookimpl
 from attnbench.significance import SacrebleuPairedTest
 from attnbench.data import (BOS, EOS, PAD, UNK, DataSource, TokenizerOptions, load_splits, pad_batch, require_columns,
                             train_tokenizer)
@@ -216,8 +216,9 @@ class TranslationTask(SplitTask):
         self.prepare()
         out = []
         for i in range(min(n, len(self.sources["test"]))):
-            tokens = [self.tokenizer.id_to_token(t) for t in self.sources["test"][i]]
-            out.append((tokens, self.make_batch("test", [i])))
+            source = [self.tokenizer.id_to_token(t) for t in self.sources["test"][i]]
+            target = [self.tokenizer.id_to_token(t) for t in self.targets["test"][i][:-1]]  # the decoder's input: tgt_in
+            out.append((ExampleTokens(source, target), self.make_batch("test", [i])))
         return out
 
 
