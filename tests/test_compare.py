@@ -333,3 +333,27 @@ def test_trivial_baselines_are_reference_rows_outside_ranking_and_tests(tmp_path
     assert [float(r["test/trivial_first_words_f1_mean"]) for r in rows] == pytest.approx([5.73, 5.73])
     data = json.loads(compare_format.render(summary, "json"))
     assert data["tasks"][0]["trivial_baselines"]["first_words"]["test/exact_match"]["mean"] == pytest.approx(2.16)
+
+
+def test_footnote_names_what_computed_the_runs_and_warns_when_that_differs():
+    from attnbench.compare.summary import summarize
+    from attnbench.run.record import RunRecord, env_tags
+
+    def finished(seed, cpu, capability):
+        tags = {Tag.ROLE: "child", **env_tags({"torch": "2.13.0+cpu", "cpu": cpu, "cpu_capability": capability})}
+        return RunRecord(run_id=f"run{seed}", name=f"lstm-{seed}", status="FINISHED", task="sentiment",
+                         kind="classification", family="rnn", attention="none", model="rnn-lstm", seed=seed,
+                         run_key=f"key{seed}", primary_metric="accuracy", greater_is_better=True,
+                         metrics={"test/accuracy": 0.5 + seed / 10}, artifact_uri="", parent_run_id="p", tags=tags)
+
+    one = summarize([finished(0, "AMD EPYC", "AVX2"), finished(1, "AMD EPYC", "AVX2")], experiment="e",
+                    with_significance=False)
+    assert not one.mixed_environments
+    assert compare_format.footnote(one).endswith("Computed with torch 2.13.0+cpu, AMD EPYC (AVX2).")
+    two = summarize([finished(0, "AMD EPYC", "AVX2"), finished(1, "Intel Xeon", "AVX512")], experiment="e",
+                    with_significance=False)
+    assert two.mixed_environments and two.environments == {"torch 2.13.0+cpu, AMD EPYC (AVX2)": 1,
+                                                          "torch 2.13.0+cpu, Intel Xeon (AVX512)": 1}
+    note = compare_format.footnote(two)
+    assert "Runs from 2 environments" in note and "Intel Xeon (AVX512) (1 runs)" in note
+    assert json.loads(compare_format.to_json(two))["environments"] == two.environments

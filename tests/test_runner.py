@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -60,6 +61,9 @@ def test_run_logs_parent_and_nested_children_by_the_conventions(workdir, trackin
         # what the plugins declare: the rnn family is the baseline, the toy task logs percent
         assert tags[Tag.BASELINE] == ("true" if tags[Tag.FAMILY] == "rnn" else "false")
         assert tags[Tag.METRIC_SCALE] == "100"
+        # what computed the figures: the torch build and the processor's kernels
+        assert tags[Tag.ENV + "torch"] == torch.__version__ and tags[Tag.ENV + "cpu"]
+        assert tags[Tag.ENV + "cpu_capability"] == torch.backends.cpu.get_cpu_capability()
         assert params["train.lr"] == "0.003" and params["model.family"] == tags[Tag.FAMILY]
         for key in ("train/loss", "val/accuracy", "test/accuracy", "perf/params", "perf/train_tokens_per_s",
                     "perf/wall_s", "perf/peak_mem_mib"):

@@ -131,7 +131,19 @@ def footnote(comparison: Comparison) -> str:
                  "the task's docs say how), neither ranked nor tested.")
     if comparison.superseded:
         text += f" {comparison.superseded} earlier attempt(s) superseded by a re-run were left out."
-    return text
+    return text + environment_note(comparison)
+
+
+def environment_note(comparison: Comparison) -> str:
+    """What computed the runs; a warning when the tables mix torch builds or processors."""
+    known = {env: n for env, n in comparison.environments.items() if env}
+    if len(known) == 1:
+        return f" Computed with {next(iter(known))}."
+    if not known:
+        return ""
+    listed = "; ".join(f"{env} ({n} runs)" for env, n in sorted(known.items()))
+    return (f" Runs from {len(known)} environments: {listed}. Digits repeat only on the same torch build "
+            f"and processor kind; compare across them as across seeds.")
 
 
 def unfinished_rows(comparison: Comparison) -> list[list[str]]:

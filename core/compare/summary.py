@@ -102,6 +102,12 @@ class Comparison:
     records: list[RunRecord] = field(default_factory=list, repr=False)  # every child run read
     matrices: list[EvalMatrix] = field(default_factory=list)  # grids with evaluate_with
     reference: str | None = None  # a model the user chose as every task's baseline (--baseline)
+    environments: dict[str, int] = field(default_factory=dict)  # what computed the finished runs -> how many
+
+    @property
+    def mixed_environments(self) -> bool:
+        """Finished runs from more than one torch build or processor: their digits need not agree."""
+        return len([env for env in self.environments if env]) > 1
 
     def to_dict(self) -> dict:
         return {
@@ -111,6 +117,7 @@ class Comparison:
             "matrices": [m.to_dict() for m in self.matrices],
             "unfinished": [_unfinished_dict(r) for r in self.unfinished],
             "superseded_attempts": self.superseded,
+            "environments": self.environments,
             "alpha": significance.ALPHA,
         }
 
@@ -254,8 +261,11 @@ def summarize(records: list[RunRecord], *, experiment: str, parent_run_id: str |
                               _trivial_baselines([r for runs in groups.values() for r in runs], rows))
         _significance(summary, test, host is not None and task_name in host.task, groups, client, with_significance)
         tasks.append(summary)
+    environments: dict[str, int] = {}
+    for r in finished:
+        environments[r.environment] = environments.get(r.environment, 0) + 1
     return Comparison(experiment, parent_run_id, tasks, unfinished, superseded, records, matrices_of(finished),
-                      reference)
+                      reference, environments)
 
 
 def compare_experiment(client, experiment_name: str, parent_run_id: str | None = None,

@@ -24,6 +24,7 @@ from ..phases import DATA, EVAL, PICTURES, TRACKING, PhaseClock, TimedCalls, pha
 from ..plugin_host import PluginHost
 from ..tasks import Task
 from . import record
+from .environment import environment
 from .record import PERF, Tag
 from .timings import phase_metrics
 from .training import NonFiniteLossError, count_parameters, evaluate_split, fit, planned_steps, select_device, seed_everything
@@ -103,6 +104,8 @@ class PairingTrainer:
             # again after build: families record attention fallbacks while building
             client.log_batch(run_id, tags=[RunTag(record.tag(k), str(v)) for k, v in family.tags().items()])
             device = select_device(self.device_override or spec.train.device)
+            env = record.env_tags(environment(device))  # what the figures are tied to, failed runs' too
+            client.log_batch(run_id, tags=[RunTag(Tag.DEVICE, device.type)] + [RunTag(k, v) for k, v in env.items()])
             buffer.log(PERF["params"], count_parameters(model), 0)
             report("total", planned_steps(task, spec.train))
             result = fit(task, model, spec.train, seed=spec.seed, device=device, log_metric=buffer.log,
@@ -122,7 +125,6 @@ class PairingTrainer:
             self._log_pictures(run_id, task, model, result, report)
             if spec.train.save_checkpoint:
                 self._log_checkpoint(run_id, model)
-            client.log_batch(run_id, tags=[RunTag(Tag.DEVICE, device.type)])
             self._log_phases(buffer, clock, result.steps)
             client.set_terminated(run_id, "FINISHED")
             return PairingOutcome(spec, "FINISHED", run_id, dict(buffer.latest))

@@ -56,6 +56,7 @@ class Tag:
     # Provenance: the plugin that provided each part, "<distribution> <version>[ source <hash>]".
     PROVIDED_BY = PREFIX + "provided_by."  # + "task" / "family" / "attention"
     HEAD_STATS = PREFIX + "head_stats"  # why a run has no head statistics (variant returns no weights)
+    ENV = PREFIX + "env."  # + "torch" / "cpu" / "cpu_capability" / "gpu": what computed the figures (run/environment.py)
 
 
 CLAIM_PENDING = "pending"  # created, waiting to see whether another claimer got there first
@@ -195,6 +196,11 @@ def child_tags(*, parent_run_id: str, grid: str, task: str, kind: str, family: s
     return tags
 
 
+def env_tags(environment: dict[str, str]) -> dict[str, str]:
+    """``{"torch": "2.13.0+cpu", ...}`` -> ``{"attnbench.env.torch": ...}``."""
+    return {Tag.ENV + name: value for name, value in environment.items()}
+
+
 def _flag(value: bool) -> str:
     return str(bool(value)).lower()
 
@@ -254,6 +260,16 @@ class RunRecord:
             baseline=(tags[Tag.BASELINE] == "true" if Tag.BASELINE in tags else tags.get(Tag.ATTENTION) == "none"),
             metric_scale=_float_or_none(tags.get(Tag.METRIC_SCALE)),
         )
+
+    @property
+    def environment(self) -> str:
+        """What computed the run, in one line (``torch 2.13.0+cpu, AMD EPYC (AVX2)``); "" for
+        runs logged before attnbench recorded it."""
+        env = {key[len(Tag.ENV):]: value for key, value in self.tags.items() if key.startswith(Tag.ENV)}
+        if not env:
+            return ""
+        where = env.get("gpu") or f"{env.get('cpu', '?')} ({env.get('cpu_capability', '?')})"
+        return f"torch {env.get('torch', '?')}, {where}"
 
     @property
     def is_child(self) -> bool:
