@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from attnbench import Batch, Evaluation, SplitTask, TaskIO, hookimpl
-from attnbench.data import (CLS, PAD, SEP, DataSource, TokenizerOptions, batch_indices, column, length_grouped_batches,
+from attnbench.data import (CLS, PAD, SEP, DataSource, TokenizerOptions, column,
                             load_splits, require_columns, train_tokenizer)
 from attnbench.errors import BadInputError
 
@@ -295,13 +295,15 @@ class QATask(SplitTask):
         """Tokens of each window that contains its answer (the windows training sees)."""
         return [len(self.windows[split][i].ids) for i in self._answer_windows(split)]
 
+    def split_size(self, split: str) -> int:
+        """Windows that contain their answer: the examples training batches are made of."""
+        return len(self._answer_windows(split))
+
     def batch_plan(self, split, batch_size, *, shuffle, generator=None, group_by_length=False) -> list[list[int]]:
-        """Batches of the windows of ``split`` that contain the answer."""
+        """The base plan over the answered windows (see :meth:`split_size`), as window indices."""
         answered = self._answer_windows(split)
-        if shuffle and group_by_length:
-            plan = length_grouped_batches(self.example_lengths(split), batch_size, generator=generator)
-        else:
-            plan = batch_indices(len(answered), batch_size, shuffle=shuffle, generator=generator)
+        plan = super().batch_plan(split, batch_size, shuffle=shuffle, generator=generator,
+                                  group_by_length=group_by_length)
         return [[answered[i] for i in batch] for batch in plan]
 
     def make_batch(self, split: str, indices: list[int]) -> Batch:
