@@ -272,6 +272,31 @@ def test_workers_auto_is_one_per_usable_core(monkeypatch):
     assert ExecutionConfig(workers="2").workers == 2 and ExecutionConfig().workers == 1
 
 
+@pytest.mark.parametrize("files, quota", [
+    ({"cpu.max": "max 100000\n"}, None),                      # cgroup v2, no limit
+    ({"cpu.max": "150000 100000\n"}, 1.5),                    # v2: docker run --cpus 1.5
+    ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),   # v1, no limit
+    ({"cpu,cpuacct/cpu.cfs_quota_us": "200000", "cpu,cpuacct/cpu.cfs_period_us": "100000"}, 2.0),
+    ({}, None),                                              # no cgroup to read (macOS, ...)
+])
+def test_cpu_quota_reads_cgroup_v2_and_v1(tmp_path, files, quota):
+    from attnbench.config.execution import cpu_quota
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cpu_quota(tmp_path) == quota
+
+
+def test_usable_cores_are_capped_by_a_containers_quota(monkeypatch):
+    from attnbench.config import execution
+
+    monkeypatch.setattr(execution.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    for quota, cores in [(None, 4), (1.5, 2), (0.5, 1), (12.0, 4)]:  # --cpus 1.5: two workers, rounded up
+        monkeypatch.setattr(execution, "cpu_quota", lambda quota=quota: quota)
+        assert execution.usable_cores() == cores, quota
+
+
 def test_no_more_workers_than_pairings_left_one_trains_in_this_process(workdir, tracking_uri):
     import os
 

@@ -6,7 +6,9 @@ None of these settings changes a result, so none of them is part of a pairing's 
 
 from __future__ import annotations
 
+import math
 import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -17,11 +19,53 @@ WORKERS_VALID = "a number of 1 or more, or auto (one per CPU core)"
 
 
 def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    """CPU cores this process may run on: its affinity mask where the OS has one, capped by a
+    container's CPU quota (``docker run --cpus 2`` on a 64-core host is 2)."""
     try:
-        return len(os.sched_getaffinity(0)) or 1
+        cores = len(os.sched_getaffinity(0)) or 1
     except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cpu_quota()
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
+
+
+def cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs' worth of time per second this process's cgroup may use (Linux cgroups v2 or v1),
+    or None where there is no limit or no cgroup to read."""
+    own = _own_cgroup_v2()
+    for cpu_max in ([root / own.lstrip("/") / "cpu.max"] if own else []) + [root / "cpu.max"]:
+        text = _read(cpu_max)
+        if text is not None:  # "max 100000" (no limit) or "<quota> <period>"
+            quota, _, period = text.partition(" ")
+            return None if quota == "max" else _ratio(quota, period)
+    for folder in ("cpu", "cpu,cpuacct"):  # v1: a quota of -1 is no limit
+        quota, period = _read(root / folder / "cpu.cfs_quota_us"), _read(root / folder / "cpu.cfs_period_us")
+        if quota is not None and period is not None:
+            return None if quota.startswith("-") else _ratio(quota, period)
+    return None
+
+
+def _own_cgroup_v2() -> str:
+    """This process's cgroup v2 path (``0::/path`` in /proc/self/cgroup), or ""."""
+    for line in (_read(Path("/proc/self/cgroup")) or "").splitlines():
+        if line.startswith("0::"):
+            return line[3:]
+    return ""
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except (OSError, ValueError):
+        return None
+
+
+def _ratio(quota: str, period: str) -> float | None:
+    try:
+        quota_us, period_us = float(quota), float(period)
+    except ValueError:
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
 class ExecutionConfig(BaseModel):
