@@ -357,3 +357,8 @@ def test_footnote_names_what_computed_the_runs_and_warns_when_that_differs():
     note = compare_format.footnote(two)
     assert "Runs from 2 environments" in note and "Intel Xeon (AVX512) (1 runs)" in note
     assert json.loads(compare_format.to_json(two))["environments"] == two.environments
+    older = finished(2, "AMD EPYC", "AVX2")
+    older.tags = {Tag.ROLE: "child"}  # logged before the env tags existed
+    mixed = summarize([finished(0, "AMD EPYC", "AVX2"), older], experiment="e", with_significance=False)
+    assert not mixed.mixed_environments
+    assert compare_format.footnote(mixed).endswith("AMD EPYC (AVX2) (1 run(s) logged before attnbench recorded it).")

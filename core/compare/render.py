@@ -137,13 +137,15 @@ def footnote(comparison: Comparison) -> str:
 def environment_note(comparison: Comparison) -> str:
     """What computed the runs; a warning when the tables mix torch builds or processors."""
     known = {env: n for env, n in comparison.environments.items() if env}
+    unknown = comparison.environments.get("", 0)
+    untagged = f" ({unknown} run(s) logged before attnbench recorded it)" if unknown else ""
     if len(known) == 1:
-        return f" Computed with {next(iter(known))}."
+        return f" Computed with {next(iter(known))}{untagged}."
     if not known:
         return ""
     listed = "; ".join(f"{env} ({n} runs)" for env, n in sorted(known.items()))
-    return (f" Runs from {len(known)} environments: {listed}. Digits repeat only on the same torch build "
-            f"and processor kind; compare across them as across seeds.")
+    return (f" Runs from {len(known)} environments{untagged}: {listed}. Digits repeat only on the same torch "
+            f"build and processor kind; compare across them as across seeds.")
 
 
 def unfinished_rows(comparison: Comparison) -> list[list[str]]:
