@@ -136,7 +136,7 @@ def footnote(comparison: Comparison) -> str:
 
 def environment_note(comparison: Comparison) -> str:
     """What computed the runs; a warning when the tables mix torch builds or processors."""
-    known = {env: n for env, n in comparison.environments.items() if env}
+    known = comparison.known_environments
     unknown = comparison.environments.get("", 0)
     untagged = f" ({unknown} run(s) logged before attnbench recorded it)" if unknown else ""
     if len(known) == 1:

@@ -105,9 +105,14 @@ class Comparison:
     environments: dict[str, int] = field(default_factory=dict)  # what computed the finished runs -> how many
 
     @property
+    def known_environments(self) -> dict[str, int]:
+        """``environments`` without the runs logged before attnbench recorded it."""
+        return {env: n for env, n in self.environments.items() if env}
+
+    @property
     def mixed_environments(self) -> bool:
         """Finished runs from more than one torch build or processor: their digits need not agree."""
-        return len([env for env in self.environments if env]) > 1
+        return len(self.known_environments) > 1
 
     def to_dict(self) -> dict:
         return {
