@@ -45,8 +45,9 @@ def compare(
     tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="overrides mlflow.yaml")] = None,
     plugin: Optional[List[str]] = PLUGIN_OPTION,
 ) -> None:
-    """Per task: each model's test metrics (mean ± std over seeds), speed, the difference to the
-    no-attention baseline with a paired significance test, and the runs that failed."""
+    """Per task: each model's test metrics (mean ± std over seeds), speed, delta to the no-attention baseline.
+
+    Each delta comes with a paired significance test; runs that failed are listed under the tables."""
     with user_errors():
         _compare(grid_file, experiment, run, format, out, significance, log, tracking_uri, plugin or [], baseline)
 
