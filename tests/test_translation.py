@@ -8,6 +8,7 @@ import sacrebleu
 import torch
 
 from attnbench import Attention, ModelDims
+from attnbench.attention import capture_attention_maps
 from attnbench.errors import BadInputError
 from attnbench.plugin_host import discover
 from attnbench.plugins.attention.multihead import MultiHeadAttention
@@ -160,6 +161,19 @@ def test_attention_examples_name_the_source_and_the_decoders_input(tmp_path):
     assert tokens.target[0] == "[BOS]" and tokens.target[-1] != "[EOS]"  # tgt_in: what the decoder reads
 
 
+def test_attention_modules_are_named_by_the_side_they_sit_on(tmp_path):
+    # maps, heads/* metrics and state dicts name each module; decoder ones must not read as encoder-less "blocks.N"
+    task = make_task(tmp_path)
+    _, model = build(task)
+    (_, batch), = task.attention_examples(1)
+    model.eval()
+    with torch.no_grad(), capture_attention_maps(model) as maps:
+        model(batch["src"], batch["src_padding_mask"], batch["tgt_in"])
+    named = dict(zip([name for name, _ in maps], maps.roles))
+    assert named == {"encoder.blocks.0.self_attn": "self", "decoder.blocks.0.self_attn": "causal",
+                     "decoder.blocks.0.cross_attn": "cross"}
+
+
 def test_a_few_training_steps_lower_the_loss(tmp_path):
     task = make_task(tmp_path)
     for family, raw in (("transformer", {}), ("rnn", {}), ("rnn", {"attention": "additive"})):
@@ -197,14 +211,14 @@ def test_fallbacks_are_used_and_recorded(tmp_path):
 
     family, model = build(task, raw={"attention": "nocross"}, host=host)
     assert family.tags()["attention_fallback"] == "cross->multihead"
-    block = model.blocks[0]
+    block = model.decoder.blocks[0]
     assert type(block.cross_attn) is MultiHeadAttention
     assert type(block.self_attn) is NoCrossAttention
     assert type(model.encoder.blocks[0].self_attn) is NoCrossAttention
 
     family, model = build(task, raw={"attention": "nocausal"}, host=host)
     assert family.tags()["attention_fallback"] == "decoder_self->multihead"
-    assert type(model.blocks[0].self_attn) is MultiHeadAttention
+    assert type(model.decoder.blocks[0].self_attn) is MultiHeadAttention
 
     family, _ = build(task, raw={"attention": "multihead"}, host=host)
     assert "attention_fallback" not in family.tags()

@@ -32,7 +32,7 @@ N_EXAMPLES = 16  # enough query rows for stable means; one forward pass each on 
 @dataclass
 class HeadStats:
     layer: int  # index of the attention module in call order (rows of the heatmap)
-    module: str  # its name in the model, e.g. encoder.layers.0.self_attn
+    module: str  # its name in the model, e.g. encoder.blocks.0.self_attn
     head: int
     distance: float
     entropy: float

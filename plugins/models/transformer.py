@@ -272,6 +272,40 @@ class DecoderState:
     caches: list[tuple[dict, dict]]
 
 
+class Decoder(nn.Module):
+    """Target embedding, a stack of decoder blocks and a final LayerNorm: (B, T) -> (B, T, d_model).
+
+    Its own module so that its parts are named ``decoder.*`` (``decoder.blocks.0.cross_attn``),
+    as the encoder's are ``encoder.*``, in attention maps, head metrics and state dicts."""
+
+    def __init__(self, embed: Embedder, blocks: list[DecoderBlock], d_model: int):
+        super().__init__()
+        self.embed = embed
+        self.blocks = nn.ModuleList(blocks)
+        self.ln_final = nn.LayerNorm(d_model)
+
+    def forward(self, memory, src_padding_mask, tgt_in):
+        y = self.embed(tgt_in)
+        for block in self.blocks:
+            y = block(y, memory, src_padding_mask)
+        return self.ln_final(y)
+
+    def start(self, memory, src_padding_mask) -> DecoderState:
+        return DecoderState(0, [block.start_caches(memory, src_padding_mask) for block in self.blocks])
+
+    def step(self, state: DecoderState, tokens):
+        """Output (B, 1, d_model) for ``tokens`` (B,), which sit at ``state.position``."""
+        y = self.embed(tokens[:, None], start=state.position)
+        caches = []
+        for block, block_caches in zip(self.blocks, state.caches):
+            y, block_caches = block.step(y, block_caches)
+            caches.append(block_caches)
+        return self.ln_final(y), DecoderState(state.position + 1, caches)
+
+    def reorder(self, state: DecoderState, index) -> DecoderState:
+        return DecoderState(state.position, [block.reorder_caches(c, index) for block, c in zip(self.blocks, state.caches)])
+
+
 class TransformerSeq2Seq(nn.Module):
     """Encoder-decoder (Vaswani et al. 2017) with the seq2seq interface of attnbench.models.
 
@@ -280,23 +314,18 @@ class TransformerSeq2Seq(nn.Module):
     ``supports_incremental`` is False and searches recompute the prefix with :meth:`decode`.
     """
 
-    def __init__(self, encoder: Encoder, tgt_embed: Embedder, blocks: list[DecoderBlock], d_model: int, tgt_vocab: int):
+    def __init__(self, encoder: Encoder, decoder: Decoder, tgt_vocab: int):
         super().__init__()
         self.encoder = encoder
-        self.tgt_embed = tgt_embed
-        self.blocks = nn.ModuleList(blocks)
-        self.ln_final = nn.LayerNorm(d_model)
-        self.lm_head = nn.Linear(d_model, tgt_vocab, bias=False)
-        self.lm_head.weight = tgt_embed.tokens.weight  # tied output embedding (Press & Wolf 2017)
+        self.decoder = decoder
+        self.lm_head = nn.Linear(decoder.ln_final.normalized_shape[0], tgt_vocab, bias=False)
+        self.lm_head.weight = decoder.embed.tokens.weight  # tied output embedding (Press & Wolf 2017)
 
     def encode(self, src, src_padding_mask):
         return self.encoder(src, src_padding_mask)
 
     def decode(self, memory, src_padding_mask, tgt_in):
-        y = self.tgt_embed(tgt_in)
-        for block in self.blocks:
-            y = block(y, memory, src_padding_mask)
-        return self.lm_head(self.ln_final(y))
+        return self.lm_head(self.decoder(memory, src_padding_mask, tgt_in))
 
     def reorder_memory(self, memory, index):
         return memory.index_select(0, index)
@@ -304,22 +333,18 @@ class TransformerSeq2Seq(nn.Module):
     @property
     def supports_incremental(self) -> bool:
         return all(block.self_attn.supports_incremental and block.cross_attn.supports_incremental
-                   for block in self.blocks)
+                   for block in self.decoder.blocks)
 
     def start_decoding(self, memory, src_padding_mask) -> DecoderState:
-        return DecoderState(0, [block.start_caches(memory, src_padding_mask) for block in self.blocks])
+        return self.decoder.start(memory, src_padding_mask)
 
     def decode_step(self, state: DecoderState, tokens):
         """Next-token logits (B, V) after ``tokens`` (B,), which sit at ``state.position``."""
-        y = self.tgt_embed(tokens[:, None], start=state.position)
-        caches = []
-        for block, block_caches in zip(self.blocks, state.caches):
-            y, block_caches = block.step(y, block_caches)
-            caches.append(block_caches)
-        return self.lm_head(self.ln_final(y))[:, 0], DecoderState(state.position + 1, caches)
+        out, state = self.decoder.step(state, tokens)
+        return self.lm_head(out)[:, 0], state
 
     def reorder_decoder_state(self, state: DecoderState, index) -> DecoderState:
-        return DecoderState(state.position, [block.reorder_caches(c, index) for block, c in zip(self.blocks, state.caches)])
+        return self.decoder.reorder(state, index)
 
     def forward(self, src, src_padding_mask, tgt_in):
         return self.decode(self.encode(src, src_padding_mask), src_padding_mask, tgt_in)
@@ -417,7 +442,8 @@ class TransformerFamily(ModelFamily):
             blocks = [DecoderBlock(self._attention("decoder_self", dims, host, causal=True),
                                    self._attention("cross", dims, host, cross=True), d, d_ff, dims.dropout)
                       for _ in range(dims.n_layers)]
-            model = TransformerSeq2Seq(encoder, self._embedder(tgt_tokens, io.max_tgt_len or io.max_len, dims), blocks, d, tgt_vocab)
+            decoder = Decoder(self._embedder(tgt_tokens, io.max_tgt_len or io.max_len, dims), blocks, d)
+            model = TransformerSeq2Seq(encoder, decoder, tgt_vocab)
         else:  # lm
             blocks = [EncoderBlock(self._attention("decoder_self", dims, host, causal=True), d, d_ff, dims.dropout, causal=True)
                       for _ in range(dims.n_layers)]
