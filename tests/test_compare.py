@@ -362,3 +362,30 @@ def test_footnote_names_what_computed_the_runs_and_warns_when_that_differs():
     mixed = summarize([finished(0, "AMD EPYC", "AVX2"), older], experiment="e", with_significance=False)
     assert not mixed.mixed_environments
     assert compare_format.footnote(mixed).endswith("AMD EPYC (AVX2) (1 run(s) logged before attnbench recorded it).")
+
+
+def test_kernel_switches_are_part_of_the_environment(monkeypatch):
+    # MKL_ENABLE_INSTRUCTIONS & co. change the digits on the same processor: runs under them are another environment
+    import torch
+
+    from attnbench.run.environment import KERNEL_SWITCHES, environment
+    from attnbench.run.record import RunRecord, env_tags
+
+    for name in KERNEL_SWITCHES:
+        monkeypatch.delenv(name, raising=False)
+    assert "kernel_switches" not in environment(torch.device("cpu"))
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    env = environment(torch.device("cpu"))
+    assert env["kernel_switches"] == "MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2"
+
+    def record(environment_tags):
+        return RunRecord(run_id="r", name="n", status="FINISHED", task="t", kind="classification", family="rnn",
+                         attention="none", model="rnn-lstm", seed=0, run_key="k", primary_metric="accuracy",
+                         greater_is_better=True, metrics={}, artifact_uri="", parent_run_id="p",
+                         tags={Tag.ROLE: "child", **env_tags(environment_tags)})
+
+    plain = {"torch": "2.13.0+cpu", "cpu": "AMD EPYC", "cpu_capability": "AVX2"}
+    assert record(plain).environment == "torch 2.13.0+cpu, AMD EPYC (AVX2)"
+    capped = record(plain | {"kernel_switches": env["kernel_switches"]}).environment
+    assert capped == "torch 2.13.0+cpu, AMD EPYC (AVX2) under MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2"

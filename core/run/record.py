@@ -56,7 +56,7 @@ class Tag:
     # Provenance: the plugin that provided each part, "<distribution> <version>[ source <hash>]".
     PROVIDED_BY = PREFIX + "provided_by."  # + "task" / "family" / "attention"
     HEAD_STATS = PREFIX + "head_stats"  # why a run has no head statistics (variant returns no weights)
-    ENV = PREFIX + "env."  # + "torch" / "cpu" / "cpu_capability" / "gpu": what computed the figures (run/environment.py)
+    ENV = PREFIX + "env."  # + "torch" / "cpu" / "cpu_capability" / "kernel_switches" / "gpu": what computed the figures (run/environment.py)
 
 
 CLAIM_PENDING = "pending"  # created, waiting to see whether another claimer got there first
@@ -269,7 +269,8 @@ class RunRecord:
         if not env:
             return ""
         where = env.get("gpu") or f"{env.get('cpu', '?')} ({env.get('cpu_capability', '?')})"
-        return f"torch {env.get('torch', '?')}, {where}"
+        switches = f" under {env['kernel_switches']}" if env.get("kernel_switches") else ""
+        return f"torch {env.get('torch', '?')}, {where}{switches}"
 
     @property
     def is_child(self) -> bool:
