@@ -76,6 +76,25 @@ def test_a_claim_with_an_old_heartbeat_is_stale_and_does_not_block(tracking_uri)
     assert claim_now(client, exp, "k4", lease_s=60).won
 
 
+def test_a_lone_invocation_claims_without_waiting_and_waits_while_another_runs(tracking_uri):
+    client, exp = new_experiment(tracking_uri)
+    ours = client.create_run(exp, tags=record.parent_tags("claims")).info.run_id
+
+    def claim_timed(run_key):
+        started = time.perf_counter()
+        result = claims.claim(client, exp, "mine", {Tag.ROLE: record.ROLE_CHILD, Tag.RUN_KEY: run_key}, run_key,
+                              lease_s=60.0, settle_s=1.5, parent_id=ours)
+        return result, time.perf_counter() - started
+
+    alone, waited = claim_timed("k5")
+    assert alone.won and waited < 1.0  # nobody else runs this grid: nobody to race
+    other = client.create_run(exp, tags=record.parent_tags("claims")).info.run_id  # a second invocation starts
+    contested, waited = claim_timed("k6")
+    assert contested.won and waited >= 1.5  # its claims may be in flight: settle first
+    client.set_terminated(other, "FINISHED")
+    assert claim_timed("k7")[1] < 1.0
+
+
 def make_ghost(uri: str, run_key: str, experiment: str = "toygrid", age_s: float = 600) -> tuple[str, str]:
     """What kill -9 leaves: a RUNNING parent and child whose heartbeats stopped ``age_s`` ago."""
     client = MlflowClient(uri)

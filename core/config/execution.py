@@ -76,7 +76,7 @@ class ExecutionConfig(BaseModel):
     ray_address: str | None = Field(None, description="an existing Ray cluster (host:port or ray://host:port); default: a local ray.init()")
     lease_s: float = Field(300.0, gt=0, description="a RUNNING run whose heartbeat is older than this is stale (its worker died)")
     heartbeat_s: float | None = Field(None, gt=0, description="how often a live run refreshes its heartbeat; default min(30, lease_s / 4)")
-    settle_s: float = Field(1.0, ge=0, description="how long a new claim waits before checking for a rival claim")
+    settle_s: float = Field(1.0, ge=0, description="how long a new claim waits before checking for a rival claim (only while another invocation of the grid runs)")
     provenance_in_run_key: bool = Field(
         True, description="put the providing plugins' distribution, version and source hash into the run_key")
 

@@ -7,7 +7,8 @@ heartbeat is older than the lease is *stale*: its process died (kill -9, a lost 
 claimer closes it FAILED with ``closed_because: lost heartbeat``, and trains the pairing again.
 
 Two claimers racing for one pairing both create a run (``claim: pending``), wait ``settle_s``
-and look again. The rule that picks the winner is the same for everyone: a run already holding
+and look again. Only another invocation of the grid can race: a claimer that sees no RUNNING
+parent run but its own decides at once (``rivals_running``; why that is safe: docs/scale.md). The rule that picks the winner is the same for everyone: a run already holding
 its claim wins; otherwise the earliest (start time, run id). The loser marks its run ``lost to
 <winner>``, ends it KILLED and deletes it, and trains nothing.
 """
@@ -118,13 +119,25 @@ class ClaimResult:
         return self.run_id is not None
 
 
+def rivals_running(client, experiment_id: str, parent_id: str) -> bool:
+    """Whether an invocation other than ``parent_id``'s has a RUNNING parent run in the experiment.
+
+    Any RUNNING one counts, however old its heartbeat: a wrong "yes" costs one ``settle_s``."""
+    parents = client.search_runs([experiment_id], filter_string=f"attributes.status = '{RUNNING}' and {record.PARENT_FILTER}",
+                                 max_results=10)
+    return any(run.info.run_id != parent_id for run in parents)
+
+
 def claim(client, experiment_id: str, run_name: str, tags: dict[str, str], run_key: str, *,
-          lease_s: float, settle_s: float) -> ClaimResult:
-    """Create this pairing's run as a pending claim, wait, and keep it only if it wins the race."""
+          lease_s: float, settle_s: float, parent_id: str | None = None) -> ClaimResult:
+    """Create this pairing's run as a pending claim, wait, and keep it only if it wins the race.
+
+    ``parent_id``: the claiming invocation's parent run; with it, the wait is skipped while no
+    other invocation runs (nobody to race), which saves ``settle_s`` per pairing for a lone grid."""
     now = time.time()
     tags = tags | {Tag.CLAIM: record.CLAIM_PENDING, Tag.OWNER: owner_id(), Tag.HEARTBEAT: f"{now:.3f}"}
     mine = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
-    if settle_s:
+    if settle_s and (parent_id is None or rivals_running(client, experiment_id, parent_id)):
         time.sleep(settle_s)
     state = pairing_state(client, experiment_id, run_key, lease_s)
     winner = state.finished or _winner(state.live, mine)

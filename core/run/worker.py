@@ -83,7 +83,7 @@ class Worker:
         for line in claims.close_stale(self.client, state.stale, lease.lease_s):
             report("note", f"[yellow]{line}[/yellow]")
         won = claims.claim(self.client, self.job.experiment_id, spec.run_name, self.trainer.child_tags(spec, self.job.parent_id),
-                           spec.run_key, lease_s=lease.lease_s, settle_s=lease.settle_s)
+                           spec.run_key, lease_s=lease.lease_s, settle_s=lease.settle_s, parent_id=self.job.parent_id)
         if not won.won:
             return _elsewhere(index, "SKIPPED" if won.finished else "CLAIMED", won.winner)
         report("run", won.run_id)
