@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from attnbench.cli import app
-from attnbench.run import claims, record
+from attnbench.run import claims, executors, record
 from attnbench.run.record import Tag
 
 from conftest import write_grid
@@ -93,6 +93,26 @@ def test_a_lone_invocation_claims_without_waiting_and_waits_while_another_runs(t
     assert contested.won and waited >= 1.5  # its claims may be in flight: settle first
     client.set_terminated(other, "FINISHED")
     assert claim_timed("k7")[1] < 1.0
+
+
+LAST_WORDS = "x" * 1_000_000  # larger than a pipe's buffer: only a flushed queue delivers all of it
+
+
+def _report_then_leave(events):
+    events.put(LAST_WORDS)
+    executors._leave(events)
+
+
+def test_a_worker_that_leaves_without_teardown_still_delivers_what_it_reported():
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # as the local pool starts its workers
+    events = context.Queue()
+    worker = context.Process(target=_report_then_leave, args=(events,))
+    worker.start()
+    assert events.get(timeout=60) == LAST_WORDS
+    worker.join(timeout=60)
+    assert worker.exitcode == 0
 
 
 def make_ghost(uri: str, run_key: str, experiment: str = "toygrid", age_s: float = 600) -> tuple[str, str]:
