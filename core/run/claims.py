@@ -7,10 +7,11 @@ heartbeat is older than the lease is *stale*: its process died (kill -9, a lost 
 claimer closes it FAILED with ``closed_because: lost heartbeat``, and trains the pairing again.
 
 Two claimers racing for one pairing both create a run (``claim: pending``), wait ``settle_s``
-and look again. Only another invocation of the grid can race: a claimer that sees no RUNNING
-parent run but its own decides at once (``rivals_running``; why that is safe: docs/scale.md). The rule that picks the winner is the same for everyone: a run already holding
+and look again. The rule that picks the winner is the same for everyone: a run already holding
 its claim wins; otherwise the earliest (start time, run id). The loser marks its run ``lost to
-<winner>``, ends it KILLED and deletes it, and trains nothing.
+<winner>``, ends it KILLED and deletes it, and trains nothing. Only another invocation of the
+grid can race: a claimer that sees no RUNNING parent run but its own decides at once
+(:func:`rivals_running`; why that is safe: docs/scale.md, "Claims").
 """
 
 from __future__ import annotations

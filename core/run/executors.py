@@ -17,6 +17,7 @@ import os
 import queue
 import signal
 import socket
+import sys
 import time
 from collections import deque
 from typing import Callable
@@ -110,6 +111,8 @@ def _leave(events) -> None:
     waiting before it prints the results. Everything the worker reported is flushed first."""
     events.close()
     events.join_thread()
+    sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(0)
 
 
