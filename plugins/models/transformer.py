@@ -318,8 +318,9 @@ class TransformerSeq2Seq(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
-        self.lm_head = nn.Linear(decoder.ln_final.normalized_shape[0], tgt_vocab, bias=False)
-        self.lm_head.weight = decoder.embed.tokens.weight  # tied output embedding (Press & Wolf 2017)
+        tokens = decoder.embed.tokens
+        self.lm_head = nn.Linear(tokens.embedding_dim, tgt_vocab, bias=False)
+        self.lm_head.weight = tokens.weight  # tied output embedding (Press & Wolf 2017)
 
     def encode(self, src, src_padding_mask):
         return self.encoder(src, src_padding_mask)
