@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from attnbench.errors import BadInputError
-from attnbench.plugins.attention.lsh import LSHAttention, LSHOptions, lsh_attention
+from attnbench.plugins.attention.lsh import SELF_SCORE, LSHAttention, LSHOptions, _exp_, _logsumexp, lsh_attention
 from attnbench.plugins.attention.multihead import MultiHeadAttention
 from attnbench.plugins.attention.sparse import SparseAttention, SparseOptions, blocked_sparse_attention
 from attnbench.plugins.attention.vanilla import VanillaAttention
@@ -320,6 +320,32 @@ def test_bf16_autocast_training_step(cls, options, monkeypatch):
     out.float().square().mean().backward()
     assert torch.isfinite(out[~mask].float()).all()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in module.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lsh_exp_and_logsumexp_are_torch_s_bit_for_bit(dtype):
+    """lsh's chunk attention exponentiates masked scores without the CPU's slow underflow path;
+    the bits must be torch's own: hidden (finfo.min) and self (-5e4) scores, fully hidden rows,
+    scores in the subnormal band just above the floor, and -inf, +inf and NaN."""
+    gen = torch.Generator().manual_seed(7)
+    scores = torch.randn(3, 4, 5, 8, 16, generator=gen, dtype=dtype) * 20
+    scores.masked_fill_(torch.rand(scores.shape, generator=gen) < 0.3, torch.finfo(dtype).min)
+    scores.masked_fill_(torch.rand(scores.shape, generator=gen) < 0.1, SELF_SCORE)
+    near_floor = math.log(torch.finfo(dtype).tiny)  # exp is subnormal here, or rounds to 0 just below
+    scores[0, 0, 0, :, :4] = near_floor + torch.linspace(-30, 2, 4, dtype=dtype)
+    scores[0, 0, 1] = torch.finfo(dtype).min  # every key hidden
+    scores[0, 0, 2, 0, 3], scores[0, 0, 2, 1, 3], scores[0, 0, 2, 2, 3] = -math.inf, math.inf, math.nan
+
+    def same_bits(ours, theirs):
+        assert torch.equal(ours.isnan(), theirs.isnan())
+        assert torch.equal(ours.nan_to_num().view(-1).abs(), theirs.nan_to_num().view(-1).abs())
+        assert torch.equal(torch.signbit(ours[~ours.isnan()]), torch.signbit(theirs[~theirs.isnan()]))
+
+    lse = scores.logsumexp(dim=-1, keepdim=True)
+    same_bits(_logsumexp(scores), lse)
+    shifted = scores - lse
+    same_bits(_exp_(shifted.clone()), shifted.exp())
+    assert (shifted.exp() > 0).any() and (shifted.exp()[shifted > -1e30] == 0).any()  # both cases were met
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -75,6 +75,32 @@ def hash_buckets(x: torch.Tensor, n_buckets: int, n_hashes: int, seed: int) -> t
     return torch.where(top >= -bottom, top_index, bottom_index + n_buckets // 2)
 
 
+def _exp_(x: torch.Tensor) -> torch.Tensor:
+    """``x.exp_()``, bit for bit, without the CPU's slow path for results that underflow to 0.
+
+    torch's CPU exp (MKL's vector math) handles every element whose exp underflows on a slow
+    path: on scores with a third of them masked it took 6x as long as on unmasked ones
+    (measured, 82k elements). Here those elements are exponentiated as 0 and zeroed afterwards,
+    by multiplying with a 0/1 mask (arithmetic: ``masked_fill`` is a scalar loop on the CPU).
+    Elements between the floor and the smallest normal result still take the slow path, as they
+    must to be exact; scores that far below their row's maximum are rare.
+    """
+    if x.device.type != "cpu":
+        return x.exp_()
+    info = torch.finfo(x.dtype)
+    floor = math.log(info.tiny * info.eps) - 8.0  # exp is exactly 0 below: under half the smallest subnormal
+    keep = (x - floor).sign_().clamp_min_(0)  # 1 where exp(x) may be nonzero, 0 where it is 0; NaN stays NaN
+    return x.clamp_min_(info.min).mul_(keep).exp_().mul_(keep)  # clamp: -inf * 0 would be NaN
+
+
+def _logsumexp(scores: torch.Tensor) -> torch.Tensor:
+    """``scores.logsumexp(dim=-1, keepdim=True)``, bit for bit: the same steps as torch's
+    (shift by the finite row maximum, exp, sum, log, shift back), with :func:`_exp_`'s exp."""
+    top = scores.amax(dim=-1, keepdim=True)
+    top.masked_fill_(top.abs() == math.inf, 0)
+    return _exp_(scores - top).sum(dim=-1, keepdim=True).log_().add_(top)
+
+
 def _look_one_back(t: torch.Tensor) -> torch.Tensor:
     """(..., n_chunks, c, X) -> (..., n_chunks, 2c, X): each chunk with the previous (cyclically)."""
     if t.shape[-3] == 1:
@@ -131,8 +157,8 @@ class _ChunkAttention(torch.autograd.Function):
             scores.masked_fill_(hidden, torch.finfo(scores.dtype).min)
         self_mask = _self_mask(scores.shape[-2], scores.shape[-1], sq.device)
         scores.masked_fill_(self_mask, SELF_SCORE)
-        lse = scores.logsumexp(dim=-1, keepdim=True)
-        probs = scores.sub_(lse).exp_()
+        lse = _logsumexp(scores)
+        probs = _exp_(scores.sub_(lse))
         keep = torch.rand_like(probs) >= dropout_p if dropout_p > 0 else None
         dropped = probs if keep is None else probs * keep / (1 - dropout_p)
         out = dropped.to(sv.dtype) @ _look_one_back(sv)
