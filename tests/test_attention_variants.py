@@ -348,6 +348,21 @@ def test_lsh_exp_and_logsumexp_are_torch_s_bit_for_bit(dtype):
     assert (shifted.exp() > 0).any() and (shifted.exp()[shifted > -1e30] == 0).any()  # both cases were met
 
 
+def test_lsh_exp_benchmark_runs_and_finds_both_implementations_identical():
+    """benchmarks/bench_lsh_exp.py (the figures in docs/attention.md) still runs, on the real
+    lsh_attention path with dropout, and still finds torch's bits in both settings."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_lsh_exp.py"
+    done = subprocess.run([sys.executable, str(script), "--rounds", "1", "--calls", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if "ratio" in line]
+    assert len(rows) == 2 and all(row.endswith("identical: True") for row in rows), done.stdout
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_lsh_rounds_at_once_equals_the_round_loop(causal):
     """The batched-rounds path (CUDA's default) computes what the round loop computes, gradients too."""
