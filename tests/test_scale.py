@@ -3,6 +3,7 @@ fail-fast store checks, the store lock and bad execution input (docs/scale.md)."
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import subprocess
@@ -113,6 +114,27 @@ def test_a_worker_that_leaves_without_teardown_still_delivers_what_it_reported()
     assert events.get(timeout=60) == LAST_WORDS
     worker.join(timeout=60)
     assert worker.exitcode == 0
+
+
+def _exit_at_once(job, tasks, events, parent):
+    os._exit(3)  # a worker process that dies before taking any pairing (say, killed while importing)
+
+
+def test_with_every_worker_process_gone_the_queued_pairings_fail_instead_of_waiting_forever(monkeypatch):
+    monkeypatch.setattr(executors, "_pool_main", _exit_at_once)
+    done = {}
+    pool = executors.LocalPoolExecutor(None, lambda index, kind, value: done.setdefault(index, value), workers=2)
+    try:
+        pool.submit(0)
+        pool.submit(1)
+        deadline = time.monotonic() + 60
+        while len(done) < 2 and time.monotonic() < deadline:
+            pool.poll(0.2)
+    finally:
+        pool.stop()
+    assert sorted(done) == [0, 1], "the queued pairings were never reported"
+    assert {r.status for r in done.values()} == {"FAILED"}
+    assert all("every worker process has exited (exit codes 3, 3)" in r.error for r in done.values())
 
 
 def make_ghost(uri: str, run_key: str, experiment: str = "toygrid", age_s: float = 600) -> tuple[str, str]:

@@ -177,6 +177,63 @@ def test_kill_9_leaves_a_ghost_that_the_next_run_closes_and_retrains(slow_grid, 
         "toy/gru/s0", "toy/multihead/s0"]
 
 
+def session_processes(session: int) -> set[int]:
+    """Pids of the live processes in a session (Linux /proc; zombies count as gone)."""
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended while we looked
+            continue
+        if fields[0] != "Z" and int(fields[3]) == session:
+            pids.add(int(stat.parent.name))
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal (prctl) is Linux's")
+def test_kill_9_takes_the_local_workers_down_and_their_runs_end_killed(slow_grid, tracking_uri):
+    """kill -9 of the invoking process: the kernel sends its worker processes SIGTERM, so the
+    pairings in flight end KILLED at once instead of training on unseen (they would end
+    FINISHED), and no worker outlives it. Only the parent run is left, for the next run."""
+    run = Attnbench(slow_grid, tracking_uri, "--workers", "2")
+    run.wait_for(r"^start toy/", count=2)  # both workers busy
+    assert len(session_processes(run.proc.pid) - {run.proc.pid}) >= 2
+    run.send(signal.SIGKILL)
+    run.wait()
+    deadline = time.monotonic() + 20
+    while session_processes(run.proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not session_processes(run.proc.pid), "a worker outlived the process that started it"
+    _, parents, children = store(tracking_uri)
+    statuses = Counter(c.info.status for c in children)
+    assert statuses["KILLED"] >= 1 and statuses["RUNNING"] == 0, statuses
+    assert [p.info.status for p in parents] == ["RUNNING"]  # nobody could close it: the next run does
+
+
+def test_a_worker_killed_mid_pairing_fails_it_closes_its_run_and_the_grid_goes_on(slow_grid, tracking_uri):
+    """The OOM killer (or kill -9) takes one worker: its pairing fails at once, its run is
+    closed FAILED by the invoking process (not left RUNNING until stale), the rest still train."""
+    run = Attnbench(slow_grid, tracking_uri, "--workers", "2")
+    run.wait_for(r"^start toy/", count=2)  # the store exists; the workers are claiming
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # a worker holding a run: its pid is the run's owner
+        held = [c for c in store(tracking_uri)[2] if c.info.status == "RUNNING" and c.data.tags.get(Tag.CLAIM) == record.CLAIM_HELD]
+        if held:
+            break
+        time.sleep(0.05)
+    victim = held[0]
+    pid = int(victim.data.tags[Tag.OWNER].rsplit(":", 1)[1])
+    os.kill(pid, signal.SIGKILL)
+    assert run.wait() == 1, run.output
+    assert f"worker process {pid} died (exit code -9)" in run.output
+    parents, children = assert_clean(tracking_uri)
+    closed = next(c for c in children if c.info.run_id == victim.info.run_id)
+    assert closed.info.status == "FAILED" and closed.data.tags[Tag.CLOSED_BECAUSE] == record.WORKER_DIED
+    assert f"worker process {pid} died" in closed.data.tags[Tag.ERROR]
+    assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]
+    assert [p.info.status for p in parents] == ["FAILED"]
+
+
 def test_piped_output_is_line_based_and_ctrl_c_on_the_pipeline_closes_the_runs(slow_grid, tracking_uri):
     run = Attnbench(slow_grid, tracking_uri, shell_suffix="| tee log.txt")
     run.wait_for(r"^\[1/4\] toy/")  # a whole pairing, then one in flight

@@ -80,12 +80,18 @@ def _run_unit(job: GridJob, index: int, report) -> UnitResult:
 # ---------------------------------------------------------------- local worker processes
 
 
-def _pool_main(job: GridJob, tasks, events) -> None:
-    """A local worker process: take pairing indices until told to stop (None) or orphaned."""
+def _pool_main(job: GridJob, tasks, events, parent: int) -> None:
+    """A local worker process: take pairing indices until told to stop (None) or orphaned.
+
+    ``parent``: the invoking process's pid, passed in so that a parent already gone by the
+    time this process runs is noticed too."""
     from .interrupts import install
 
     install()  # SIGTERM from the invoking process (or Ctrl-C on the terminal) ends the pairing KILLED
-    parent, index = os.getppid(), None
+    _die_with(parent)
+    if os.getppid() != parent:  # it died before the kernel was asked to tell us
+        return
+    index = None
     try:
         while True:
             try:
@@ -101,8 +107,28 @@ def _pool_main(job: GridJob, tasks, events) -> None:
             events.put((index, "done", result))
             index = None
     except KeyboardInterrupt:
-        if index is not None:
+        if os.getppid() != parent:  # the parent died: its pipe has no reader, report nothing
+            events.cancel_join_thread()
+        elif index is not None:
             events.put((index, "done", UnitResult(index, "KILLED")))
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with(parent: int) -> None:
+    """On Linux, have the kernel send this worker SIGTERM when the invoking process dies
+    (kill -9, the OOM killer): the pairing in flight then ends KILLED at once, like on any
+    other stop, instead of training on unseen until it finishes. Elsewhere the worker still
+    notices between pairings (its parent pid changes) and leaves."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # no prctl in this libc: keep the between-pairings check
+        pass
 
 
 def _leave(events) -> None:
@@ -125,13 +151,16 @@ class LocalPoolExecutor:
         context = multiprocessing.get_context("spawn")
         self.on_event, self.slots = on_event, workers
         self.tasks, self.events = context.Queue(), context.Queue()
-        self.processes = [context.Process(target=_pool_main, args=(job, self.tasks, self.events),
+        self.processes = [context.Process(target=_pool_main, args=(job, self.tasks, self.events, os.getpid()),
                                           name=f"attnbench-worker-{i}", daemon=True) for i in range(workers)]
         for process in self.processes:
             process.start()
         self.working: dict[int, int] = {}  # pid -> index it is on
+        self.queued: set[int] = set()  # submitted and not done, taken by a worker or not
+        self.run_ids: dict[int, str] = {}  # index -> its run, once a worker has claimed one
 
     def submit(self, index: int) -> None:
+        self.queued.add(index)
         self.tasks.put(index)
 
     def poll(self, timeout: float) -> None:
@@ -151,18 +180,30 @@ class LocalPoolExecutor:
         if kind == "pid":
             self.working[value] = index
             return
+        if kind == "run":
+            self.run_ids[index] = value
         if kind == "done":
             self.working = {pid: i for pid, i in self.working.items() if i != index}
+            self.queued.discard(index)
+            self.run_ids.pop(index, None)
         self.on_event(index, kind, value)
 
     def _check_dead(self) -> None:
-        """A worker killed from outside (OOM killer, kill -9): its pairing fails, the grid goes on."""
+        """A worker killed from outside (OOM killer, kill -9): its pairing fails, the grid goes on.
+        With every worker gone, nothing would take the pairings still queued: they fail too."""
         for process in self.processes:
             if process.exitcode is not None and process.pid in self.working:
                 index = self.working.pop(process.pid)
-                self.on_event(index, "done", UnitResult(index, "FAILED", error=(
-                    f"worker process {process.pid} died (exit code {process.exitcode}); its run is closed as stale "
-                    "by the next `attnbench run` or `attnbench stale --close`")))
+                self._lost(index, f"worker process {process.pid} died (exit code {process.exitcode})")
+        if self.queued and all(process.exitcode is not None for process in self.processes):
+            codes = ", ".join(str(process.exitcode) for process in self.processes)
+            for index in sorted(self.queued):
+                self._lost(index, f"every worker process has exited (exit codes {codes}) with this pairing queued")
+
+    def _lost(self, index: int, error: str) -> None:
+        """Fail a pairing whose worker is gone; its run, if it had one, is still RUNNING (the runner closes it)."""
+        self.queued.discard(index)
+        self.on_event(index, "done", UnitResult(index, "FAILED", self.run_ids.pop(index, None), error=error))
 
     def stop(self, interrupted: bool = False) -> None:
         if interrupted:

@@ -52,7 +52,7 @@ class Tag:
     OWNER = PREFIX + "owner"  # host:pid of the process that holds the run
     HEARTBEAT = PREFIX + "heartbeat"  # unix seconds, refreshed while the run is alive
     CLAIM = PREFIX + "claim"  # CLAIM_PENDING, then CLAIM_HELD, or "lost to <run id>"
-    CLOSED_BECAUSE = PREFIX + "closed_because"  # why someone else closed this run (LOST_HEARTBEAT)
+    CLOSED_BECAUSE = PREFIX + "closed_because"  # why someone else closed this run (LOST_HEARTBEAT, WORKER_DIED)
     # Provenance: the plugin that provided each part, "<distribution> <version>[ source <hash>]".
     PROVIDED_BY = PREFIX + "provided_by."  # + "task" / "family" / "attention"
     HEAD_STATS = PREFIX + "head_stats"  # why a run has no head statistics (variant returns no weights)
@@ -62,6 +62,7 @@ class Tag:
 CLAIM_PENDING = "pending"  # created, waiting to see whether another claimer got there first
 CLAIM_HELD = "held"  # won: this run trains the pairing
 LOST_HEARTBEAT = "lost heartbeat"
+WORKER_DIED = "worker process died"  # closed by the invoking process that saw it die
 
 
 def claim_lost_to(run_id: str) -> str:

@@ -177,6 +177,8 @@ class GridRunner:
             self._waiting[index] = time.monotonic() + self._recheck_s
             return
         self.display.advance()
+        if result.status == "FAILED" and result.run_id:
+            self._close_if_open(result.run_id, result.error)
         if result.status == "SKIPPED":
             self.console.print(f"[dim]skip {spec.run_name}: FINISHED by {result.holder}[/dim]", highlight=False)
         outcome = PairingOutcome(spec, result.status, result.run_id, result.metrics, result.error)
@@ -239,6 +241,14 @@ class GridRunner:
         colour = "green" if outcome.status == "FINISHED" else "red"
         self.console.print(f"[{done}/{len(self.specs)}] {outcome.spec.run_name}: "
                            f"[{colour}]{outcome.status.lower()}[/{colour}] {quality}{took}", highlight=False)
+
+    def _close_if_open(self, run_id: str, error: str) -> None:
+        """A failed pairing's run that nobody closed (its worker process died): FAILED now,
+        with the reason, instead of RUNNING until its heartbeat goes stale."""
+        if self.client.get_run(run_id).info.status == "RUNNING":
+            self.client.set_tag(run_id, Tag.CLOSED_BECAUSE, record.WORKER_DIED)
+            self.client.set_tag(run_id, Tag.ERROR, error[:5000])
+            self.client.set_terminated(run_id, "FAILED")
 
     def _finished_runs(self) -> dict:
         """run_key -> the FINISHED child run, from one query over the experiment."""
