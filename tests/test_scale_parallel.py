@@ -72,6 +72,27 @@ def test_metrics_are_the_same_serially_with_two_workers_and_with_ray(workdir, tr
     assert all("test/accuracy" in m for m in metrics["serial"].values())
 
 
+def test_a_ray_task_whose_process_dies_fails_its_pairing_and_its_run_is_closed(workdir, tracking_uri):
+    pytest.importorskip("ray", reason='Ray is not installed (pip install -e ".[ray]")')
+    write_grid(workdir / "g.yaml", SLOW_GRID)
+    run = Attnbench(workdir, tracking_uri, "--executor", "ray", "--workers", "2", "--set", "grid.seed=[0]")
+    run.wait_for(r"^start toy/", count=2, timeout=300)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # a Ray worker holding a run: its pid is the run's owner
+        held = [c for c in store(tracking_uri)[2] if c.info.status == "RUNNING" and c.data.tags.get(Tag.CLAIM) == "held"]
+        if held:
+            break
+        time.sleep(0.05)
+    victim = held[0]
+    os.kill(int(victim.data.tags[Tag.OWNER].rsplit(":", 1)[1]), signal.SIGKILL)
+    assert run.wait(timeout=300) == 1, run.output
+    assert "Ray task failed" in run.output
+    parents, children = assert_clean(tracking_uri)
+    closed = next(c for c in children if c.info.run_id == victim.info.run_id)
+    assert closed.info.status == "FAILED" and "Ray task failed" in closed.data.tags[Tag.ERROR]
+    assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED"]
+
+
 # ---------------------------------------------------------------- the team set-up on PostgreSQL
 
 PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))

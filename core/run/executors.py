@@ -284,6 +284,7 @@ class RayExecutor:
         self.remote = ray.remote(_ray_unit).options(**options)
         self.job = job
         self.refs: dict = {}
+        self.run_ids: dict[int, str] = {}  # index -> its run, once a task has claimed one
 
     def submit(self, index: int) -> None:
         self.refs[self.remote.remote(self.job, index, self.events)] = index
@@ -295,13 +296,17 @@ class RayExecutor:
         else:
             time.sleep(timeout)
         for index, kind, value in self.events.get_nowait_batch(self.events.qsize()):
+            if kind == "run":
+                self.run_ids[index] = value
             self.on_event(index, kind, value)
         for ref in ready:
             index = self.refs.pop(ref)
             try:
                 result = self.ray.get(ref)
-            except Exception as exc:  # the task's process died or Ray lost it
-                result = UnitResult(index, "FAILED", error=f"Ray task failed: {type(exc).__name__}: {str(exc)[:300]}")
+            except Exception as exc:  # the task's process died or Ray lost it: its run is still RUNNING (the runner closes it)
+                result = UnitResult(index, "FAILED", self.run_ids.get(index),
+                                    error=f"Ray task failed: {type(exc).__name__}: {str(exc)[:300]}")
+            self.run_ids.pop(index, None)
             self.on_event(index, "done", result)
 
     def stop(self, interrupted: bool = False) -> None:
