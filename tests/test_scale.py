@@ -137,6 +137,22 @@ def test_with_every_worker_process_gone_the_queued_pairings_fail_instead_of_wait
     assert all("every worker process has exited (exit codes 3, 3)" in r.error for r in done.values())
 
 
+def test_a_store_error_while_closing_a_dead_workers_run_only_warns(capsys):
+    """Closing the run of a worker that died is a courtesy: a failing store must not end the grid."""
+    from rich.console import Console
+
+    from attnbench.run.runner import GridRunner
+
+    class BrokenStore:
+        def get_run(self, run_id):
+            raise ConnectionError("store went away")
+
+    runner = GridRunner.__new__(GridRunner)  # only the client and the console are used here
+    runner.client, runner.console = BrokenStore(), Console(width=200)
+    runner._close_if_open("0123456789abcdef", "worker process 7 died (exit code -9)")
+    assert "could not close run 01234567 (ConnectionError: store went away)" in capsys.readouterr().out
+
+
 def make_ghost(uri: str, run_key: str, experiment: str = "toygrid", age_s: float = 600) -> tuple[str, str]:
     """What kill -9 leaves: a RUNNING parent and child whose heartbeats stopped ``age_s`` ago."""
     client = MlflowClient(uri)

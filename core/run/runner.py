@@ -244,11 +244,16 @@ class GridRunner:
 
     def _close_if_open(self, run_id: str, error: str) -> None:
         """A failed pairing's run that nobody closed (its worker process died): FAILED now,
-        with the reason, instead of RUNNING until its heartbeat goes stale."""
-        if self.client.get_run(run_id).info.status == "RUNNING":
-            self.client.set_tag(run_id, Tag.CLOSED_BECAUSE, record.WORKER_DIED)
-            self.client.set_tag(run_id, Tag.ERROR, error[:5000])
-            self.client.set_terminated(run_id, "FAILED")
+        with the reason, instead of RUNNING until its heartbeat goes stale. A store that fails
+        here only leaves the run for the stale check: the grid goes on."""
+        try:
+            if self.client.get_run(run_id).info.status == "RUNNING":
+                self.client.set_tag(run_id, Tag.CLOSED_BECAUSE, record.WORKER_DIED)
+                self.client.set_tag(run_id, Tag.ERROR, error[:5000])
+                self.client.set_terminated(run_id, "FAILED")
+        except Exception as exc:
+            self.console.print(f"[yellow]warning: could not close run {run_id[:8]} ({type(exc).__name__}: {exc}); "
+                               "the next `attnbench run` closes it as stale[/yellow]", highlight=False)
 
     def _finished_runs(self) -> dict:
         """run_key -> the FINISHED child run, from one query over the experiment."""
