@@ -157,7 +157,6 @@ class LocalPoolExecutor:
             process.start()
         self.working: dict[int, int] = {}  # pid -> index it is on
         self.queued: set[int] = set()  # submitted and not done, taken by a worker or not
-        self.run_ids: dict[int, str] = {}  # index -> its run, once a worker has claimed one
 
     def submit(self, index: int) -> None:
         self.queued.add(index)
@@ -180,12 +179,9 @@ class LocalPoolExecutor:
         if kind == "pid":
             self.working[value] = index
             return
-        if kind == "run":
-            self.run_ids[index] = value
         if kind == "done":
             self.working = {pid: i for pid, i in self.working.items() if i != index}
             self.queued.discard(index)
-            self.run_ids.pop(index, None)
         self.on_event(index, kind, value)
 
     def _check_dead(self) -> None:
@@ -203,7 +199,7 @@ class LocalPoolExecutor:
     def _lost(self, index: int, error: str) -> None:
         """Fail a pairing whose worker is gone; its run, if it had one, is still RUNNING (the runner closes it)."""
         self.queued.discard(index)
-        self.on_event(index, "done", UnitResult(index, "FAILED", self.run_ids.pop(index, None), error=error))
+        self.on_event(index, "done", UnitResult(index, "FAILED", error=error))
 
     def stop(self, interrupted: bool = False) -> None:
         if interrupted:
@@ -284,7 +280,6 @@ class RayExecutor:
         self.remote = ray.remote(_ray_unit).options(**options)
         self.job = job
         self.refs: dict = {}
-        self.run_ids: dict[int, str] = {}  # index -> its run, once a task has claimed one
 
     def submit(self, index: int) -> None:
         self.refs[self.remote.remote(self.job, index, self.events)] = index
@@ -296,17 +291,13 @@ class RayExecutor:
         else:
             time.sleep(timeout)
         for index, kind, value in self.events.get_nowait_batch(self.events.qsize()):
-            if kind == "run":
-                self.run_ids[index] = value
             self.on_event(index, kind, value)
         for ref in ready:
             index = self.refs.pop(ref)
             try:
                 result = self.ray.get(ref)
             except Exception as exc:  # the task's process died or Ray lost it: its run is still RUNNING (the runner closes it)
-                result = UnitResult(index, "FAILED", self.run_ids.get(index),
-                                    error=f"Ray task failed: {type(exc).__name__}: {str(exc)[:300]}")
-            self.run_ids.pop(index, None)
+                result = UnitResult(index, "FAILED", error=f"Ray task failed: {type(exc).__name__}: {str(exc)[:300]}")
             self.on_event(index, "done", result)
 
     def stop(self, interrupted: bool = False) -> None:

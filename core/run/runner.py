@@ -165,6 +165,8 @@ class GridRunner:
             self._in_flight.discard(index)
             self._done(index, value)
         else:
+            if kind == "run":  # the pairing's run: closed here if its worker dies without closing it
+                self._run_ids[index] = value
             self.display.update(index, kind, value)
 
     def _done(self, index: int, result: UnitResult) -> None:
@@ -177,11 +179,12 @@ class GridRunner:
             self._waiting[index] = time.monotonic() + self._recheck_s
             return
         self.display.advance()
-        if result.status == "FAILED" and result.run_id:
-            self._close_if_open(result.run_id, result.error)
+        run_id = result.run_id or self._run_ids.get(index)  # a worker that died reports no run
+        if result.status == "FAILED" and run_id:
+            self._close_if_open(run_id, result.error)
         if result.status == "SKIPPED":
             self.console.print(f"[dim]skip {spec.run_name}: FINISHED by {result.holder}[/dim]", highlight=False)
-        outcome = PairingOutcome(spec, result.status, result.run_id, result.metrics, result.error)
+        outcome = PairingOutcome(spec, result.status, run_id, result.metrics, result.error)
         self.outcomes[index] = outcome
         if result.status != "SKIPPED":
             self._report(outcome, len(self.outcomes))
@@ -196,6 +199,7 @@ class GridRunner:
                       run_keys=[s.run_key for s in self.specs], execution=execution, cache_dir=str(self.cache_dir.resolve()),
                       device=self.device_override)
         self._in_flight, self._waiting, self._told_claimed = set(), {}, set()
+        self._run_ids: dict[int, str] = {}  # pairing index -> its run, from the worker's "run" event
         self._recheck_s = max(0.5, min(5.0, execution.heartbeat_every_s))
         on_event = self._on_event
         if execution.executor == "ray":
