@@ -19,6 +19,7 @@ import requests
 from typer.testing import CliRunner
 
 from attnbench.cli import app
+from attnbench.run import record
 from attnbench.run.record import Tag
 
 from conftest import write_grid
@@ -79,7 +80,7 @@ def test_a_ray_task_whose_process_dies_fails_its_pairing_and_its_run_is_closed(w
     run.wait_for(r"^start toy/", count=2, timeout=300)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # a Ray worker holding a run: its pid is the run's owner
-        held = [c for c in store(tracking_uri)[2] if c.info.status == "RUNNING" and c.data.tags.get(Tag.CLAIM) == "held"]
+        held = [c for c in store(tracking_uri)[2] if c.info.status == "RUNNING" and c.data.tags.get(Tag.CLAIM) == record.CLAIM_HELD]
         if held:
             break
         time.sleep(0.05)
